@@ -1,0 +1,280 @@
+"""``MaskFormer``: the meta-architecture tying backbone, pixel decoder, transformer decoder and criterion.
+
+Input (detectron2 format), a list of per-image dicts:
+``{"image": uint8 (3, H, W) RGB, "height": int, "width": int, "padding_mask": bool (H, W) optional,
+"instances": {"gt_boxes": float (N, 4) XYXY, "gt_classes": int64 (N,), "gt_masks": bool (N, H, W)}}``
+(``instances`` in training only; ``gt_masks`` read only when ``SUPERVISION`` is ``"mask"``).
+
+Training returns the criterion's losses multiplied by ``criterion.weight_dict``; a loss key without a weight
+is an error, not a silent drop. Evaluation returns ``[{"instances": {"pred_masks", "pred_boxes", "scores",
+"pred_classes"}}]`` at each image's ("height", "width"), through :mod:`.postprocessing` or, for large images,
+the sliding-window inference of :mod:`.sliding_window`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .box_supervision import add_box_targets
+from .criterion import build_criterion
+from .postprocessing import masks_to_instances, resize_mask_logits, topk_queries
+
+__all__ = ["MaskFormer", "apply_loss_weights", "pad_images"]
+
+SUPERVISION_MODES = ("mask", "box", "sim")
+
+
+def apply_loss_weights(losses: Dict[str, torch.Tensor], weight_dict: Dict[str, float]) -> Dict[str, torch.Tensor]:
+    """Multiply every loss by its weight; every key must have a weight and every loss must be a scalar.
+
+    Raises:
+        KeyError: a loss key is missing from ``weight_dict`` (it would otherwise never train).
+        ValueError: a loss is not a scalar tensor.
+    """
+    missing = sorted(k for k in losses if k not in weight_dict)
+    if missing:
+        raise KeyError(f"losses {missing} have no entry in criterion.weight_dict (keys: {sorted(weight_dict)}); "
+                       "add their weights where the criterion is built so they are not silently dropped")
+    not_scalar = {k: tuple(v.shape) for k, v in losses.items() if not isinstance(v, torch.Tensor) or v.dim() != 0}
+    if not_scalar:
+        raise ValueError(f"losses must be scalar tensors; found shapes {not_scalar}")
+    return {k: v * weight_dict[k] for k, v in losses.items()}
+
+
+def pad_images(images: Sequence[torch.Tensor], size_divisibility: int) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+    """Stack (3, H_i, W_i) images into (B, 3, Hp, Wp), zero-padded at the bottom/right (detectron2 ``ImageList``).
+
+    Hp, Wp are the largest H, W rounded up to a multiple of ``size_divisibility`` (no rounding when ≤ 1).
+
+    Returns:
+        The batch tensor and the (H_i, W_i) of every image.
+    """
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    if size_divisibility > 1:
+        max_h = int(math.ceil(max_h / size_divisibility) * size_divisibility)
+        max_w = int(math.ceil(max_w / size_divisibility) * size_divisibility)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], max_h, max_w))
+    for out, im in zip(batch, images):
+        out[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+    return batch, sizes
+
+
+class MaskFormer(nn.Module):
+    """Mask2Former for instance segmentation, trained from masks, boxes, or boxes + SIM.
+
+    Args:
+        backbone: images (B, 3, H, W) → {"res2", ..., "res5"}.
+        pixel_decoder: has ``forward_features(features) -> (mask_features, _, multi_scale_features)``.
+        transformer_decoder: ``(multi_scale_features, mask_features) -> outputs`` with ``aux_outputs``.
+        criterion: ``(outputs, targets) -> unweighted losses``, with a ``weight_dict`` attribute.
+        supervision: "mask", "box" or "sim"; GT masks are read only in "mask".
+        size_divisibility: pad the batch to a multiple of this.
+        pixel_mean, pixel_std: RGB normalisation in 0-255 units.
+        deep_supervision: train every head; otherwise the auxiliary outputs are ignored.
+        test_topk: detections per image (``TEST.DETECTIONS_PER_IMAGE``).
+        sliding_window: kwargs of ``sliding_window_inference`` (tile_size, stride, dedup_iou, border_margin) to
+            tile evaluation images, or None.
+        box_target_kwargs: kwargs of :func:`~.box_supervision.add_box_targets` (box and SIM supervision).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pixel_decoder: nn.Module,
+        transformer_decoder: nn.Module,
+        criterion: nn.Module,
+        supervision: str,
+        size_divisibility: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        deep_supervision: bool = True,
+        test_topk: int = 100,
+        sliding_window: Optional[Dict[str, Any]] = None,
+        box_target_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if supervision not in SUPERVISION_MODES:
+            raise ValueError(f"MODEL.MASK_FORMER.SUPERVISION must be one of {SUPERVISION_MODES}, found {supervision!r}")
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.transformer_decoder = transformer_decoder
+        self.criterion = criterion
+        self.supervision = supervision
+        self.size_divisibility = size_divisibility
+        self.deep_supervision = deep_supervision
+        self.test_topk = test_topk
+        self.sliding_window = dict(sliding_window) if sliding_window else None
+        self.box_target_kwargs = dict(box_target_kwargs) if box_target_kwargs else None
+        if supervision != "mask" and self.box_target_kwargs is None:
+            raise ValueError(f"SUPERVISION {supervision!r} needs box_target_kwargs (stride, kernel_size, dilation, "
+                             "theta, bottom_pixels_removed) to build box masks and colour similarities")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        # training iteration, saved with the weights so warm-ups and schedules resume where they stopped
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
+
+    @classmethod
+    def from_config(cls, cfg) -> "MaskFormer":
+        from .backbone import build_backbone
+        from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
+        from .transformer_decoder import MultiScaleMaskedTransformerDecoder
+
+        backbone = build_backbone(cfg)
+        pixel_decoder = MSDeformAttnPixelDecoder.from_config(cfg, backbone.output_shape())
+        transformer_decoder = MultiScaleMaskedTransformerDecoder.from_config(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM)
+        sw = cfg.TEST.SLIDING_WINDOW
+        sliding_window = None
+        if sw.ENABLED:
+            sliding_window = {"tile_size": sw.TILE_SIZE, "stride": sw.STRIDE, "dedup_iou": sw.DEDUP_IOU,
+                              "border_margin": sw.BORDER_MARGIN}
+        mf, bi = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST
+        box_target_kwargs = None
+        if mf.SUPERVISION != "mask":
+            box_target_kwargs = {"stride": bi.MASK_STRIDE, "kernel_size": bi.PAIRWISE.SIZE,
+                                 "dilation": bi.PAIRWISE.DILATION, "theta": bi.PAIRWISE.THETA,
+                                 "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED}
+        return cls(
+            backbone=backbone,
+            pixel_decoder=pixel_decoder,
+            transformer_decoder=transformer_decoder,
+            criterion=build_criterion(cfg),
+            supervision=mf.SUPERVISION,
+            size_divisibility=mf.SIZE_DIVISIBILITY,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+            deep_supervision=mf.DEEP_SUPERVISION,
+            test_topk=cfg.TEST.DETECTIONS_PER_IMAGE,
+            sliding_window=sliding_window,
+            box_target_kwargs=box_target_kwargs,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def current_iter(self) -> int:
+        """The training iteration last given to :meth:`set_iter`."""
+        return int(self.iteration.item())
+
+    def set_iter(self, iteration: int) -> None:
+        """Record the training iteration (called by the trainer before each step) and pass it to the criterion."""
+        self.iteration.fill_(int(iteration))
+        if hasattr(self.criterion, "set_iter"):
+            self.criterion.set_iter(int(iteration))
+
+    def preprocess_images(self, batched_inputs: List[Dict[str, Any]]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """Normalised, zero-padded batch (B, 3, Hp, Wp) and the (H, W) of every image."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            image = x["image"]
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(f"input {i}: 'image' must be a (3, H, W) RGB tensor, found shape {tuple(image.shape)}")
+            images.append((image.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std)
+        return pad_images(images, self.size_divisibility)
+
+    def forward_network(self, images: torch.Tensor) -> Dict[str, Any]:
+        """Backbone → pixel decoder → transformer decoder on a padded batch (B, 3, Hp, Wp)."""
+        features = self.backbone(images)
+        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
+        return self.transformer_decoder(multi_scale_features, mask_features)
+
+    def prepare_targets(
+        self, batched_inputs: List[Dict[str, Any]], padded_size: Tuple[int, int]
+    ) -> List[Dict[str, torch.Tensor]]:
+        """Per-image targets at the padded input size.
+
+        Returns:
+            dicts with ``labels`` int64 (N,), ``boxes`` float (N, 4) XYXY in input pixels, ``padding_mask`` bool
+            (Hp, Wp) (True = padding, from the mapper's mask and the batch padding), and in "mask" supervision
+            ``masks`` bool (N, Hp, Wp) (zero outside the image).
+        """
+        hp, wp = padded_size
+        targets = []
+        for i, x in enumerate(batched_inputs):
+            if "instances" not in x:
+                raise KeyError(f"training input {i} has no 'instances' (keys: {sorted(x)})")
+            inst = x["instances"]
+            h, w = int(x["image"].shape[-2]), int(x["image"].shape[-1])
+            padding_mask = torch.ones(hp, wp, dtype=torch.bool, device=self.device)
+            if "padding_mask" in x:
+                padding_mask[:h, :w] = x["padding_mask"].to(self.device, dtype=torch.bool)
+            else:
+                padding_mask[:h, :w] = False
+            labels = inst["gt_classes"].to(self.device, dtype=torch.int64)
+            num_classes = getattr(self.criterion, "num_classes", None)
+            out_of_range = labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < (num_classes or 0)
+            if num_classes is not None and out_of_range:
+                raise ValueError(f"training input {i} (image_id {x.get('image_id')}): gt_classes must lie in "
+                                 f"[0, {num_classes}) (MODEL.SEM_SEG_HEAD.NUM_CLASSES), found {labels.tolist()}")
+            target = {
+                "labels": labels,
+                "boxes": inst["gt_boxes"].to(self.device, dtype=torch.float32).reshape(-1, 4),
+                "padding_mask": padding_mask,
+            }
+            if self.supervision == "mask":
+                if "gt_masks" not in inst:
+                    raise KeyError(f"training input {i}: SUPERVISION 'mask' needs instances['gt_masks'] (keys: "
+                                   f"{sorted(inst)}); use a dataset with segmentations or a box supervision mode")
+                gt_masks = inst["gt_masks"].to(self.device, dtype=torch.bool)
+                masks = torch.zeros(gt_masks.shape[0], hp, wp, dtype=torch.bool, device=self.device)
+                masks[:, : gt_masks.shape[-2], : gt_masks.shape[-1]] = gt_masks
+                target["masks"] = masks
+            targets.append(target)
+        return targets
+
+    def forward(self, batched_inputs: List[Dict[str, Any]]):
+        """Weighted losses (training) or per-image instances (evaluation); see the module docstring."""
+        if not self.training:
+            if self.sliding_window is not None:
+                return self.sliding_window_inference(batched_inputs)
+            return self.inference(batched_inputs)
+        images, _ = self.preprocess_images(batched_inputs)
+        outputs = self.forward_network(images)
+        if not self.deep_supervision:
+            outputs.pop("aux_outputs", None)
+        targets = self.prepare_targets(batched_inputs, tuple(images.shape[-2:]))
+        if self.box_target_kwargs is not None:
+            raw_images, _ = pad_images([x["image"].to(self.device).float() for x in batched_inputs],
+                                       self.size_divisibility)
+            add_box_targets(targets, raw_images, **self.box_target_kwargs)
+        losses = self.criterion(outputs, targets)
+        return apply_loss_weights(losses, self.criterion.weight_dict)
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Dict[str, torch.Tensor]]]:
+        """Per-image instances at ("height", "width") (default: the input image size)."""
+        images, image_sizes = self.preprocess_images(batched_inputs)
+        outputs = self.forward_network(images)
+        padded_size = tuple(images.shape[-2:])
+        results = []
+        for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):
+            output_size = (int(x.get("height", image_size[0])), int(x.get("width", image_size[1])))
+            scores, labels, query_idx = topk_queries(outputs["pred_logits"][i], self.test_topk)
+            # resize each selected query once, even if it was selected with several classes
+            unique_idx, inverse = torch.unique(query_idx, return_inverse=True)
+            logits = resize_mask_logits(outputs["pred_masks"][i][unique_idx], padded_size, image_size, output_size)
+            results.append({"instances": masks_to_instances(logits[inverse], scores, labels)})
+        return results
+
+    @torch.no_grad()
+    def sliding_window_inference(
+        self, batched_inputs: List[Dict[str, Any]]
+    ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
+        """Tile every image, run :meth:`inference` on the tiles and merge (``TEST.SLIDING_WINDOW``)."""
+        from .sliding_window import sliding_window_inference
+
+        results = []
+        for x in batched_inputs:
+            height = int(x.get("height", x["image"].shape[-2]))
+            width = int(x.get("width", x["image"].shape[-1]))
+            instances = sliding_window_inference(
+                self.inference, x["image"], height, width, max_dets=self.test_topk, **self.sliding_window
+            )
+            results.append({"instances": instances})
+        return results

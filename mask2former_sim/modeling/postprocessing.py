@@ -1,0 +1,123 @@
+"""Instance-segmentation post-processing of Mask2Former outputs (pure functions on one image).
+
+Order (Mask2Former's ``instance_inference``, with boxes from masks): top-k over queries × classes, then the
+selected mask logits are brought to the output resolution (upsampled to the padded input size, cropped to the
+image size, resized to the requested output size), binarised at logit 0, scored by the mean foreground
+probability inside the binary mask, and boxed tightly.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["topk_queries", "resize_mask_logits", "masks_to_boxes", "masks_to_instances", "instance_inference"]
+
+
+def topk_queries(mask_cls: torch.Tensor, topk: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k (query, class) pairs by class probability; a query may appear with several classes.
+
+    Args:
+        mask_cls: (Q, K+1) class logits (the last class is "no object").
+        topk: k; clipped to Q·K.
+
+    Returns:
+        scores (k,) class probabilities, labels (k,) int64 in [0, K), query indices (k,) int64.
+    """
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
+    scores = F.softmax(mask_cls.float(), dim=-1)[:, :-1]
+    k = min(topk, num_queries * num_classes)
+    scores, flat_idx = scores.flatten().topk(k, sorted=True)
+    return scores, flat_idx % num_classes, flat_idx // num_classes
+
+
+def resize_mask_logits(
+    mask_logits: torch.Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> torch.Tensor:
+    """Bring stride-4 mask logits to the output resolution (detectron2's ``sem_seg_postprocess``).
+
+    Args:
+        mask_logits: (N, h, w) logits predicted for the padded batch tensor.
+        padded_size: (Hp, Wp) of the padded batch tensor.
+        image_size: (H, W) of this image inside the padded tensor (top-left aligned).
+        output_size: (height, width) to return, usually the original image size.
+
+    Returns:
+        (N, height, width) float logits.
+    """
+    if mask_logits.shape[0] == 0:
+        return mask_logits.new_zeros((0, *output_size), dtype=torch.float32)
+    x = F.interpolate(mask_logits[:, None].float(), size=tuple(padded_size), mode="bilinear", align_corners=False)
+    x = x[:, :, : image_size[0], : image_size[1]]
+    if tuple(x.shape[-2:]) != tuple(output_size):
+        x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return x[:, 0]
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight XYXY boxes of binary masks; an empty mask gets (0, 0, 0, 0).
+
+    x1, y1 = the first foreground column/row, x2, y2 = the last foreground column/row + 1 (detectron2's
+    ``BitMasks.get_bounding_boxes``), so a box covers every foreground pixel's square.
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        (N, 4) float32.
+    """
+    boxes = torch.zeros(masks.shape[0], 4, dtype=torch.float32, device=masks.device)
+    if masks.numel() == 0:
+        return boxes
+    height, width = masks.shape[-2:]
+    any_x = masks.any(dim=1)  # (N, W)
+    any_y = masks.any(dim=2)  # (N, H)
+    xs = torch.arange(width, device=masks.device)
+    ys = torch.arange(height, device=masks.device)
+    nonempty = any_x.any(dim=1)
+    x1 = torch.where(any_x, xs, width).amin(dim=1)
+    x2 = torch.where(any_x, xs, -1).amax(dim=1) + 1
+    y1 = torch.where(any_y, ys, height).amin(dim=1)
+    y2 = torch.where(any_y, ys, -1).amax(dim=1) + 1
+    stacked = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return torch.where(nonempty[:, None], stacked, boxes)
+
+
+def masks_to_instances(
+    mask_logits: torch.Tensor, class_scores: torch.Tensor, labels: torch.Tensor
+) -> Dict[str, torch.Tensor]:
+    """Binarise mask logits and score them: score = class prob × mean σ(logit) inside the binary mask.
+
+    Args:
+        mask_logits: (N, H, W) logits at output resolution.
+        class_scores: (N,) class probabilities.
+        labels: (N,) int64 classes.
+
+    Returns:
+        {"pred_masks": bool (N, H, W), "pred_boxes": float (N, 4) XYXY, "scores": (N,), "pred_classes": int64 (N,)}.
+    """
+    pred_masks = mask_logits > 0
+    binary = pred_masks.float()
+    mask_scores = (mask_logits.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    return {
+        "pred_masks": pred_masks,
+        "pred_boxes": masks_to_boxes(pred_masks),
+        "scores": class_scores * mask_scores,
+        "pred_classes": labels.to(torch.int64),
+    }
+
+
+def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, topk: int) -> Dict[str, torch.Tensor]:
+    """Mask2Former instance inference on masks already at output resolution.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        mask_pred: (Q, H, W) mask logits.
+        topk: detections kept (``TEST.DETECTIONS_PER_IMAGE``).
+
+    Returns:
+        The instances dict of :func:`masks_to_instances`, sorted by class probability.
+    """
+    class_scores, labels, query_idx = topk_queries(mask_cls, topk)
+    return masks_to_instances(mask_pred[query_idx].float(), class_scores, labels)

@@ -1,0 +1,52 @@
+"""``Predictor``: one call from an RGB image to instances, with the model built and its weights loaded once."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class Predictor:
+    """Build the model of ``cfg``, load ``cfg.MODEL.WEIGHTS`` once, and segment single images.
+
+    ``predictor(image)`` takes an RGB uint8 array (H, W, 3), resizes it as the test loader does
+    (``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``, shortest edge) and returns
+    ``{"pred_masks": bool (N, H, W), "pred_boxes": float (N, 4) XYXY, "scores": (N,), "pred_classes": int64 (N,)}``
+    on the CPU, at the original image size.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        from .data.transforms import ResizeShortestEdge
+        from .engine.checkpoint import load_model_weights
+        from .modeling import build_model
+
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if self.cfg.MODEL.WEIGHTS:
+            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model")
+        if self.cfg.INPUT.FORMAT != "RGB":
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' (the model's channel order); got {self.cfg.INPUT.FORMAT!r}")
+        self.resize = ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST)
+
+    def __call__(self, image: np.ndarray) -> Dict[str, torch.Tensor]:
+        """Instances of one RGB uint8 image (H, W, 3) at its original size."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            raise ValueError(
+                f"Predictor expects an RGB uint8 array of shape (H, W, 3); got {type(image).__name__} {shape}"
+            )
+        if image.dtype != np.uint8:
+            raise ValueError(f"Predictor expects a uint8 image; got dtype {image.dtype}")
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(height, width, np.random.default_rng(0)).apply_image(image)
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        with torch.no_grad():
+            outputs = self.model([{"image": tensor, "height": height, "width": width}])
+        return {k: v.detach().cpu() for k, v in outputs[0]["instances"].items()}

@@ -1,0 +1,178 @@
+"""Instance inference: output sizes, scores, classes, mask-derived boxes (brute force), sliding-window dispatch."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mask2former_sim.modeling import sliding_window as sliding_window_module
+from mask2former_sim.modeling.criterion import SetCriterion, mask_weight_dict
+from mask2former_sim.modeling.matcher import HungarianMatcher, MaskCost
+from mask2former_sim.modeling.meta_arch import MaskFormer, pad_images
+from mask2former_sim.modeling.postprocessing import instance_inference, masks_to_boxes, topk_queries
+
+NUM_CLASSES, NUM_QUERIES, DIM = 3, 5, 8
+
+
+class StubBackbone(nn.Module):
+    def forward(self, x):
+        return {"res2": F.avg_pool2d(x, 4)}
+
+
+class StubPixelDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, DIM, 1)
+
+    def forward_features(self, features):
+        return torch.sin(3 * self.proj(features["res2"])), None, []
+
+
+class StubDecoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.randn(NUM_QUERIES, NUM_CLASSES + 1))
+        self.embed = nn.Parameter(torch.randn(NUM_QUERIES, DIM))
+
+    def forward(self, x, mask_features, mask=None):
+        masks = torch.einsum("qc,bchw->bqhw", self.embed, mask_features)
+        return {"pred_logits": self.logits[None].expand(mask_features.shape[0], -1, -1), "pred_masks": masks,
+                "aux_outputs": []}
+
+
+def stub_model(topk=7, sliding_window=None):
+    torch.manual_seed(0)
+    criterion = SetCriterion(num_classes=NUM_CLASSES, matcher=HungarianMatcher(cost=MaskCost(num_points=16)),
+                             weight_dict=mask_weight_dict(2.0, 5.0, 5.0, 0), eos_coef=0.1, losses=["labels", "masks"],
+                             num_points=16, oversample_ratio=3.0, importance_sample_ratio=0.75)
+    return MaskFormer(backbone=StubBackbone(), pixel_decoder=StubPixelDecoder(), transformer_decoder=StubDecoder(),
+                      criterion=criterion, supervision="mask", size_divisibility=32, pixel_mean=[120.0] * 3,
+                      pixel_std=[60.0] * 3, test_topk=topk, sliding_window=sliding_window).eval()
+
+
+def brute_force_box(mask: np.ndarray):
+    ys, xs = np.where(mask)
+    if len(xs) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_masks_to_boxes_brute_force():
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 9, 13)) > 0.93
+    masks[0] = False
+    masks[1] = False
+    masks[1, 4, 7] = True
+    boxes = masks_to_boxes(torch.as_tensor(masks))
+    assert boxes.dtype == torch.float32
+    assert boxes.tolist() == [brute_force_box(m) for m in masks]
+
+
+def test_instance_inference_scores_by_hand():
+    mask_cls = torch.tensor([[2.0, 0.0, 5.0], [1.0, 3.0, 0.0]])  # 2 queries, K = 2
+    mask_pred = torch.tensor([[[2.0, -1.0], [0.5, -3.0]], [[-1.0, -2.0], [4.0, 1.0]]])
+    out = instance_inference(mask_cls, mask_pred, topk=3)
+    prob = mask_cls.softmax(-1)[:, :-1]
+    order = sorted(((float(prob[q, k]), q, k) for q in range(2) for k in range(2)), reverse=True)[:3]
+    assert out["pred_classes"].tolist() == [k for _, _, k in order]
+    for (p, q, _), score, mask in zip(order, out["scores"].tolist(), out["pred_masks"]):
+        binary = mask_pred[q] > 0
+        assert torch.equal(mask, binary)
+        mask_score = float((mask_pred[q].sigmoid() * binary).sum() / (binary.sum() + 1e-6))
+        assert score == pytest.approx(p * mask_score, rel=1e-5)
+
+
+def test_topk_over_queries_and_classes_clips_k():
+    scores, labels, queries = topk_queries(torch.randn(2, 4), topk=100)
+    assert len(scores) == 6 and labels.max() < 3 and queries.max() < 2
+
+
+def test_pad_images_zero_pads_to_divisibility():
+    a, b = torch.ones(3, 10, 33), torch.full((3, 40, 7), 2.0)
+    batch, sizes = pad_images([a, b], 32)
+    assert batch.shape == (2, 3, 64, 64) and sizes == [(10, 33), (40, 7)]
+    assert batch[0, :, :10, :33].eq(1).all() and batch[0, :, 10:].eq(0).all() and batch[0, :, :, 33:].eq(0).all()
+
+
+def test_eval_outputs_at_original_size_with_tight_boxes():
+    model = stub_model(topk=7)
+    images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8),
+              torch.randint(0, 256, (3, 64, 36), dtype=torch.uint8)]
+    inputs = [{"image": images[0], "height": 80, "width": 112}, {"image": images[1], "height": 64, "width": 36}]
+    results = model(inputs)
+    assert len(results) == 2
+    padded, sizes = pad_images([(im.float() - 120) / 60 for im in images], 32)
+    with torch.no_grad():
+        raw = model.forward_network(padded)
+    for i, (x, res) in enumerate(zip(inputs, results)):
+        inst = res["instances"]
+        n = len(inst["scores"])
+        assert n == 7
+        assert inst["pred_masks"].dtype == torch.bool and inst["pred_masks"].shape == (n, x["height"], x["width"])
+        assert inst["pred_classes"].dtype == torch.int64 and inst["pred_classes"].max() < NUM_CLASSES
+        assert inst["pred_boxes"].shape == (n, 4) and inst["pred_boxes"].dtype == torch.float32
+        assert (inst["scores"] >= 0).all() and (inst["scores"] <= 1).all()
+        masks = inst["pred_masks"].numpy()
+        assert inst["pred_boxes"].tolist() == [brute_force_box(m) for m in masks]
+        # recompute the masks query by query: upsample to the padded size, crop, resize
+        scores, labels, queries = topk_queries(raw["pred_logits"][i], 7)
+        assert torch.equal(labels, inst["pred_classes"])
+        for j, q in enumerate(queries.tolist()):
+            up = F.interpolate(raw["pred_masks"][i, q][None, None], size=padded.shape[-2:], mode="bilinear")
+            up = up[:, :, : sizes[i][0], : sizes[i][1]]
+            up = F.interpolate(up, size=(x["height"], x["width"]), mode="bilinear")[0, 0]
+            assert torch.equal(up > 0, inst["pred_masks"][j])
+    assert any(r["instances"]["pred_masks"].any() for r in results)
+
+
+def test_train_mode_returns_weighted_scalar_losses_and_never_reads_masks_in_box_mode():
+    model = stub_model().train()
+    image = torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)
+    gt_masks = torch.zeros(1, 40, 56, dtype=torch.bool)
+    gt_masks[0, 5:20, 10:30] = True
+    inst = {"gt_boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]]), "gt_classes": torch.tensor([1]), "gt_masks": gt_masks}
+    losses = model([{"image": image, "height": 40, "width": 56, "instances": inst}])
+    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice"} and all(v.dim() == 0 for v in losses.values())
+    targets = model.prepare_targets([{"image": image, "instances": inst}], (64, 64))
+    assert targets[0]["padding_mask"][:40, :56].logical_not().all() and targets[0]["padding_mask"][40:].all()
+    assert targets[0]["masks"].shape == (1, 64, 64) and targets[0]["masks"].sum() == gt_masks.sum()
+
+    class Poison(dict):
+        def __getitem__(self, key):
+            if key == "gt_masks":
+                raise AssertionError("gt_masks read in box supervision")
+            return super().__getitem__(key)
+
+    bad = {**inst, "gt_classes": torch.tensor([NUM_CLASSES])}
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        model([{"image": image, "height": 40, "width": 56, "instances": bad}])
+
+    model.supervision = "box"
+    targets = model.prepare_targets([{"image": image, "instances": Poison(inst)}], (64, 64))
+    assert "masks" not in targets[0]
+
+
+def test_iteration_buffer_round_trips_through_state_dict():
+    model = stub_model()
+    model.set_iter(1234)
+    fresh = stub_model()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.current_iter == 1234
+
+
+def test_sliding_window_is_used_when_enabled(monkeypatch):
+    calls = []
+
+    def fake_sliding_window(infer_fn, image, height, width, **kwargs):
+        calls.append((tuple(image.shape), height, width, kwargs))
+        tile = infer_fn([{"image": image[:, :32, :32], "height": 32, "width": 32}])[0]["instances"]
+        assert tile["pred_masks"].shape[-2:] == (32, 32)
+        return tile
+
+    monkeypatch.setattr(sliding_window_module, "sliding_window_inference", fake_sliding_window)
+    sw = {"tile_size": 32, "stride": 24, "dedup_iou": 0.5, "border_margin": 2}
+    model = stub_model(topk=4, sliding_window=sw)
+    image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    results = model([{"image": image, "height": 96, "width": 128}])
+    assert calls == [((3, 48, 64), 96, 128, {**sw, "max_dets": 4})]
+    assert len(results[0]["instances"]["scores"]) == 4

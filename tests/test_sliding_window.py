@@ -1,0 +1,175 @@
+"""Sliding-window inference against an exact fake model on a synthetic label image."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mask2former_sim.modeling.sliding_window import sliding_window_inference, tile_origins
+
+
+def make_discs(height=300, width=400, count=50, seed=0, big=2):
+    """Label image (H, W) int with ``count`` non-overlapping discs (labels 1..count), ``big`` of them wider than
+    the 32-px tile overlap used below, the rest radius 5–15."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    labels = np.zeros((height, width), dtype=np.int64)
+    placed = 0
+    while placed < count:
+        r = rng.uniform(30, 40) if placed < big else rng.uniform(5, 15)
+        cy, cx = rng.uniform(r, height - r), rng.uniform(r, width - r)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if (labels[disc] > 0).any():
+            continue
+        placed += 1
+        labels[disc] = placed
+    return labels
+
+
+def encode_labels(labels):
+    """uint8 (3, H, W) image carrying the label of every pixel (low byte, high byte, 0)."""
+    image = np.stack([labels % 256, labels // 256, np.zeros_like(labels)]).astype(np.uint8)
+    return torch.from_numpy(image)
+
+
+def fake_infer(inputs):
+    """An exact 'model': one instance per label visible in the tile, class = label % 3, score from the label."""
+    outputs = []
+    for inp in inputs:
+        img = inp["image"].long()
+        assert img.shape[1:] == (inp["height"], inp["width"])
+        tile_labels = img[0] + 256 * img[1]
+        ids = [int(i) for i in torch.unique(tile_labels) if i > 0]
+        masks = torch.zeros(len(ids), *tile_labels.shape, dtype=torch.bool)
+        for k, i in enumerate(ids):
+            masks[k] = tile_labels == i
+        outputs.append(
+            {
+                "instances": {
+                    "pred_masks": masks,
+                    "pred_boxes": torch.zeros(len(ids), 4),
+                    "scores": torch.tensor([0.5 + 0.005 * i for i in ids]),
+                    "pred_classes": torch.tensor([i % 3 for i in ids], dtype=torch.int64),
+                }
+            }
+        )
+    return outputs
+
+
+def mask_iou(a, b):
+    return (a & b).sum().item() / max((a | b).sum().item(), 1)
+
+
+def test_tile_origins_cover_and_align():
+    assert tile_origins(400, 128, 96) == [0, 96, 192, 272]
+    assert tile_origins(300, 128, 96) == [0, 96, 172]
+    assert tile_origins(100, 128, 96) == [0]
+    assert tile_origins(128, 128, 96) == [0]
+    for length in range(129, 700, 37):
+        origins = tile_origins(length, 128, 96)
+        covered = np.zeros(length, bool)
+        for o in origins:
+            covered[o : o + 128] = True
+        assert covered.all() and origins[-1] + 128 == length
+    with pytest.raises(ValueError, match="stride"):
+        tile_origins(400, 64, 96)
+
+
+def check_recovers_discs(result, labels, min_iou):
+    masks = result["pred_masks"]
+    count = int(labels.max())
+    assert masks.shape[0] == count, f"{masks.shape[0]} instances for {count} discs"
+    matched = set()
+    for k in range(masks.shape[0]):
+        ids, votes = torch.unique(labels[masks[k]], return_counts=True)
+        label = int(ids[votes.argmax()])
+        assert label > 0 and label not in matched
+        matched.add(label)
+        gt = labels == label
+        assert mask_iou(masks[k], gt) >= min_iou
+        assert int(result["pred_classes"][k]) == label % 3
+        assert float(result["scores"][k]) == pytest.approx(0.5 + 0.005 * label)
+        ys, xs = torch.nonzero(masks[k], as_tuple=True)
+        expected_box = [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert result["pred_boxes"][k].tolist() == expected_box
+    assert len(matched) == count
+    assert torch.all(result["scores"][:-1] >= result["scores"][1:])
+
+
+def test_recovers_every_disc_once():
+    labels = make_discs()
+    result = sliding_window_inference(
+        fake_infer, encode_labels(labels), 300, 400,
+        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=1000,
+    )
+    check_recovers_discs(result, torch.from_numpy(labels), min_iou=1.0)
+
+
+def test_output_resized_to_original_size():
+    """Input is the 2x-upsampled image; masks come back at the original size."""
+    small = make_discs(150, 200, count=20, seed=3, big=0)
+    up = np.kron(small, np.ones((2, 2), dtype=np.int64))
+    result = sliding_window_inference(
+        fake_infer, encode_labels(up), 150, 200,
+        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=1000,
+    )
+    assert result["pred_masks"].shape == (20, 150, 200)
+    check_recovers_discs(result, torch.from_numpy(small), min_iou=0.95)
+
+
+def test_max_dets_keeps_highest_scores():
+    labels = make_discs(count=30, seed=5, big=0)
+    result = sliding_window_inference(
+        fake_infer, encode_labels(labels), 300, 400,
+        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=10,
+    )
+    assert result["pred_masks"].shape[0] == 10
+    expected = sorted((0.5 + 0.005 * i for i in range(1, 31)), reverse=True)[:10]
+    np.testing.assert_allclose(result["scores"].numpy(), expected, rtol=1e-6)
+
+
+def test_small_image_single_tile_and_empty_output():
+    labels = np.zeros((60, 80), dtype=np.int64)
+    result = sliding_window_inference(
+        fake_infer, encode_labels(labels), 60, 80,
+        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=100,
+    )
+    assert result["pred_masks"].shape == (0, 60, 80)
+    assert result["pred_boxes"].shape == (0, 4) and result["scores"].shape == (0,)
+
+
+def test_object_larger_than_a_tile_is_reassembled():
+    """A disc of diameter 170 (> the 128-px tile) is cut by every tile; its pieces are merged into one mask."""
+    yy, xx = np.mgrid[:300, :400]
+    labels = np.zeros((300, 400), dtype=np.int64)
+    labels[(yy - 150) ** 2 + (xx - 200) ** 2 <= 85**2] = 1
+    labels[(yy - 30) ** 2 + (xx - 350) ** 2 <= 12**2] = 2
+    result = sliding_window_inference(
+        fake_infer, encode_labels(labels), 300, 400,
+        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=100,
+    )
+    check_recovers_discs(result, torch.from_numpy(labels), min_iou=1.0)
+
+
+def test_large_object_fragments_join_whatever_the_tile_order():
+    """Scores that visit far-apart tiles first leave separate fragments; later pieces must join them all."""
+    yy, xx = np.mgrid[:300, :400]
+    labels = np.zeros((300, 400), dtype=np.int64)
+    labels[(yy - 150) ** 2 + (xx - 200) ** 2 <= 85**2] = 1
+    image = encode_labels(labels)
+    calls = []
+
+    def tile_dependent_scores(inputs):
+        outputs = fake_infer(inputs)
+        for out in outputs:
+            calls.append(len(calls))
+            # alternate high/low scores so that non-adjacent tiles are visited first
+            out["instances"]["scores"] = out["instances"]["scores"] * 0 + (0.9 if len(calls) % 2 else 0.3)
+        return outputs
+
+    result = sliding_window_inference(
+        tile_dependent_scores, image, 300, 400,
+        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=100,
+    )
+    assert result["pred_masks"].shape[0] == 1
+    assert mask_iou(result["pred_masks"][0], torch.from_numpy(labels == 1)) == 1.0
+    assert float(result["scores"][0]) == pytest.approx(0.9)
