@@ -14,13 +14,13 @@ class Predictor:
     """Build the model of ``cfg``, load ``cfg.MODEL.WEIGHTS`` once, and segment single images.
 
     ``predictor(image)`` takes an RGB uint8 array (H, W, 3), resizes it as the test loader does
-    (``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST``, shortest edge) and returns
+    (``INPUT.TEST_SCALE``, or ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST`` on the shortest edge) and returns
     ``{"pred_masks": bool (N, H, W), "pred_boxes": float (N, 4) XYXY, "scores": (N,), "pred_classes": int64 (N,)}``
     on the CPU, at the original image size.
     """
 
     def __init__(self, cfg: Any) -> None:
-        from .data.transforms import ResizeShortestEdge
+        from .data.mapper import build_test_resize
         from .engine.checkpoint import load_model_weights
         from .modeling import build_model
 
@@ -33,7 +33,7 @@ class Predictor:
             logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model")
         if self.cfg.INPUT.FORMAT != "RGB":
             raise ValueError(f"INPUT.FORMAT must be 'RGB' (the model's channel order); got {self.cfg.INPUT.FORMAT!r}")
-        self.resize = ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST], self.cfg.INPUT.MAX_SIZE_TEST)
+        self.resize = build_test_resize(self.cfg)
 
     def __call__(self, image: np.ndarray) -> Dict[str, torch.Tensor]:
         """Instances of one RGB uint8 image (H, W, 3) at its original size."""

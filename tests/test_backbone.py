@@ -184,3 +184,20 @@ def test_resize_relative_position_bias_table_keeps_a_constant_table():
     table = torch.full((13 * 13, 4), 0.25)
     resized = resize_relative_position_bias_table(table, 23 * 23)
     assert resized.shape == (529, 4) and torch.allclose(resized, torch.full_like(resized, 0.25))
+
+
+def test_frozen_batch_norm_keeps_every_activation_of_efficientnet():
+    """FrozenBN must equal eval-mode BN exactly; timm's BatchNormAct2d carries its ReLU6, which must survive."""
+    cfg = get_cfg(overrides=["MODEL.BACKBONE.NAME", "tf_efficientnet_lite0", "MODEL.BACKBONE.FREEZE_BN", "False"])
+    torch.manual_seed(0)
+    reference = build_backbone(cfg).eval()
+    frozen_cfg = cfg.clone()
+    frozen_cfg.MODEL.BACKBONE.FREEZE_BN = True
+    frozen = build_backbone(frozen_cfg)
+    frozen.load_state_dict(reference.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, ref = frozen(x), reference(x)
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())

@@ -25,7 +25,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "tiny-overfit
 def _box_target(boxes, labels, size=32):
     target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
               "padding_mask": torch.zeros(size, size, dtype=torch.bool)}
-    raw = torch.rand(1, 3, size, size) * 255
+    # a smooth horizontal ramp: neighbouring colours are close, so most edges pass the 0.3 similarity threshold
+    raw = torch.linspace(60, 90, size).expand(1, 3, size, size).clone()
     add_box_targets([target], raw, stride=4, kernel_size=3, dilation=2, theta=2.0)
     return target
 
@@ -105,6 +106,7 @@ def test_boxinst_loss_matches_hand_assembly():
     proj = compute_project_term(m.sigmoid(), b).sum() / 2.0
     sim = target["color_similarity"][None].expand(2, -1, -1, -1)
     total, count = compute_pairwise_term(m, sim, b, 0.3)
+    assert count.item() > 0
     assert out["loss_proj"].item() == pytest.approx(proj.item())
     assert out["loss_pairwise"].item() == pytest.approx(0.5 * (total / count).item())
 

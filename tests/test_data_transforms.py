@@ -199,3 +199,24 @@ def test_mask_mode_matches_naive_decode_then_transform(tmp_path):
         ref = tfm.apply_masks(full)
         ref = ref[ref.any(axis=(1, 2))]
         np.testing.assert_array_equal(out["instances"]["gt_masks"].numpy(), ref)
+
+
+def test_random_scale_and_scale_crop_mapper_keep_native_scale():
+    import numpy as np
+
+    from mask2former_sim.config import get_cfg
+    from mask2former_sim.data.mapper import build_test_resize, build_train_augmentations
+    from mask2former_sim.data.transforms import RandomScale
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        tfm = RandomScale(1.0, 2.0).get_transform(100, 60, rng)
+        out = tfm.apply_image(np.zeros((100, 60, 3), dtype=np.uint8))
+        factor = out.shape[0] / 100
+        assert 1.0 <= factor <= 2.0 and abs(out.shape[1] - 60 * factor) <= 1
+    cfg = get_cfg(overrides=["INPUT.DATASET_MAPPER_NAME", "scale_crop", "INPUT.IMAGE_SIZE", "64",
+                             "INPUT.MIN_SCALE", "2.0", "INPUT.MAX_SCALE", "2.0", "INPUT.TEST_SCALE", "1.5"])
+    augs = build_train_augmentations(cfg)
+    assert [type(a).__name__ for a in augs] == ["RandomFlip", "RandomScale", "FixedSizeCrop"]
+    test_tfm = build_test_resize(cfg).get_transform(40, 30, rng)
+    assert test_tfm.apply_image(np.zeros((40, 30, 3), dtype=np.uint8)).shape[:2] == (60, 45)

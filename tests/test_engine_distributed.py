@@ -67,9 +67,6 @@ def _train_real_and_record(output_dir, register):
 
     share_point_sampling()
     cfg = real_model_cfg(output_dir, register, SOLVER__MAX_ITER=2, SOLVER__CHECKPOINT_PERIOD=0, SOLVER__STEPS=(10,))
-    # Mask2Former's loss_ce is a mean weighted by the class weights of the process's own batch, which depends on
-    # how many queries each process matched; with equal weights it is a plain mean and splits exactly.
-    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 1.0
     seed_all_rng(cfg.SEED)
     trainer = RecordingTrainer(cfg)
     trainer.train()
@@ -83,8 +80,8 @@ def _real_worker(output_dir, register):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_the_real_tiny_model(tmp_path):
-    """Real model and loader, point sampling shared by all rows (see ``_SharedPointsTorch``), frozen BN,
-    NO_OBJECT_WEIGHT 1 (see ``_train_real_and_record``)."""
+    """Real model and loader, point sampling shared by all rows (see ``_SharedPointsTorch``), frozen BN; the
+    class-weighted CE is normalised over all processes, so the default NO_OBJECT_WEIGHT 0.1 splits exactly."""
     from _engine_fakes import make_tiny_dataset
 
     register = make_tiny_dataset(str(tmp_path / "tiny"))

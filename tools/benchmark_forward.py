@@ -21,9 +21,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mask2former_sim.config import get_cfg  # noqa: E402
-from mask2former_sim.modeling.backbone import build_backbone  # noqa: E402
-from mask2former_sim.modeling.pixel_decoder import MSDeformAttnPixelDecoder  # noqa: E402
-from mask2former_sim.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder  # noqa: E402
+from mask2former_sim.modeling import build_model  # noqa: E402
 
 DEFAULT_CONFIGS = [
     "configs/coco/instance-segmentation/maskformer2_R50_bs16_50ep.yaml",
@@ -31,27 +29,13 @@ DEFAULT_CONFIGS = [
 ]
 
 
-class Network(torch.nn.Module):
-    """Backbone → pixel decoder → transformer decoder (the meta-architecture without losses/post-processing)."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__()
-        self.backbone = build_backbone(cfg)
-        self.pixel_decoder = MSDeformAttnPixelDecoder.from_config(cfg, self.backbone.output_shape())
-        self.predictor = MultiScaleMaskedTransformerDecoder.from_config(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM)
-
-    def forward(self, images: torch.Tensor) -> dict:
-        mask_features, _, multi_scale = self.pixel_decoder.forward_features(self.backbone(images))
-        return self.predictor(multi_scale, mask_features)
-
-
 def time_forward(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
-    """Median seconds of ``repeats`` forwards after one warm-up."""
+    """Median seconds of ``repeats`` network forwards (``model.forward_network``) after one warm-up."""
     def run() -> float:
         if images.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        model(images)
+        model.forward_network(images)
         if images.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -77,8 +61,9 @@ def main(argv: List[str] | None = None) -> None:
     for path in args.configs:
         cfg = get_cfg()
         cfg.merge_from_file(path)
-        cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.MSDA_IMPL", args.msda_impl] + list(args.opts))
-        model = Network(cfg).to(args.device).eval()
+        cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.MSDA_IMPL", args.msda_impl, "MODEL.DEVICE", args.device]
+                            + list(args.opts))
+        model = build_model(cfg).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         images = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
         seconds = time_forward(model, images, args.repeats)

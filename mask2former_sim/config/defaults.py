@@ -129,21 +129,50 @@ _C.MODEL.BOXINST.MATCHER.COST_PAIRWISE = 0.0  # weight of the optional pairwise 
 _C.MODEL.BOXINST.MATCHER.COST_L1 = 5.0  # "mask_box" matcher: L1 between mask box and GT box (normalised)
 _C.MODEL.BOXINST.MATCHER.COST_GIOU = 2.0  # "mask_box" matcher: -GIoU between mask box and GT box
 
+# SIM (Li et al., CVPR 2023) on top of BoxInst-M2F (SUPERVISION "sim"); SPEC §5-6, §10
+_C.MODEL.SIM = _FvCfgNode()
+_C.MODEL.SIM.EMA_MOMENTUM = 0.9999  # teacher EMA momentum per optimizer step (paper §4.1)
+_C.MODEL.SIM.NUM_PROTOTYPES = 10  # prototypes L per class (paper Table 5)
+_C.MODEL.SIM.PROTO_MOMENTUM = 0.999  # prototype EMA momentum γ, Eq. 4 (paper §4.1)
+_C.MODEL.SIM.PROTO_TEMPERATURE = 1.0  # τ of M_S = σ(max_l <z, p_l> / τ), Eq. 1 (paper Table 8 best; SPEC §10)
+_C.MODEL.SIM.SINKHORN_ITERS = 3  # Sinkhorn-Knopp iterations, Eq. 3 (official code)
+_C.MODEL.SIM.SINKHORN_EPSILON = 0.05  # entropy weight ε of Eq. 2 (official code)
+_C.MODEL.SIM.IOU_MU = 5.0  # μ of the positive weights w = exp(μ·IoU), Eq. 6 (paper Table 6)
+_C.MODEL.SIM.ALPHA = 0.5  # self-correction α: M̂ = (1-α)·M_S + α·M_I, Eq. 7 (paper Table 4)
+_C.MODEL.SIM.TAU_LOW = 0.3  # pixels with M̂ <= this are pseudo background (paper Table 7)
+_C.MODEL.SIM.TAU_HIGH = 0.7  # pixels with M̂ >= this are pseudo foreground; in between ignored (paper Table 7)
+_C.MODEL.SIM.DYNAMIC_TAU_HIGH = False  # per-instance τ_high from the M_I pixel count (official code; SPEC §10 option)
+_C.MODEL.SIM.DYNAMIC_TAU_RANGE = [0.7, 0.8]  # clamp range of the dynamic τ_high (official code)
+_C.MODEL.SIM.INSTANCE_MAP_THRESH = 0.7  # M_I > this inside the box: prototype pixels before START_ITER (official code)
+_C.MODEL.SIM.POSITIVES = "all_heads"  # Eq. 6 positives: the matched query of "all_heads" or only the "last_head" (SPEC §5)
+_C.MODEL.SIM.START_ITER = 10000  # pseudo and paste losses from this iteration on (paper: 10k of 90k)
+_C.MODEL.SIM.PSEUDO_WEIGHT = 2.5  # weight of loss_pseudo: λ1 0.5 x Mask2Former's mask weight 5 (SPEC §5)
+_C.MODEL.SIM.PASTE_WEIGHT = 5.0  # weight of loss_paste: λ2 1 x Mask2Former's mask weight 5 (SPEC §5)
+_C.MODEL.SIM.COPY_PASTE = _FvCfgNode()
+_C.MODEL.SIM.COPY_PASTE.ENABLED = True  # online weakly-supervised copy-paste, Eq. 9 (paper §3.3)
+_C.MODEL.SIM.COPY_PASTE.MEMORY_LENGTH = 100  # FIFO memory bank length in images, per process (paper §4.1)
+_C.MODEL.SIM.COPY_PASTE.PROB = 0.5  # probability of pasting onto a training image (official code)
+_C.MODEL.SIM.COPY_PASTE.FRACTION = 0.25  # fraction of the bank image's instances pasted (paper §4.1: a quarter)
+_C.MODEL.SIM.COPY_PASTE.MIN_INST = 1  # at least this many instances pasted (paper §4.1)
+_C.MODEL.SIM.COPY_PASTE.MAX_INST = 3  # at most this many instances pasted (paper §4.1)
+_C.MODEL.SIM.COPY_PASTE.SCORE_POWER = 3.0  # instances sampled ∝ S^power, S of Eq. 11 (official code)
+
 # ---------------------------------------------------------------------------------------------------------
 # Input and augmentation
 # ---------------------------------------------------------------------------------------------------------
 _C.INPUT = _FvCfgNode()
 _C.INPUT.FORMAT = "RGB"  # model input channel order (Mask2Former: RGB)
-_C.INPUT.DATASET_MAPPER_NAME = "coco_instance_lsj"  # "coco_instance_lsj" or "multi_scale"
+_C.INPUT.DATASET_MAPPER_NAME = "coco_instance_lsj"  # "coco_instance_lsj", "multi_scale" or "scale_crop"
 _C.INPUT.IMAGE_SIZE = 1024  # LSJ target size (square crop)
-_C.INPUT.MIN_SCALE = 0.1  # LSJ resize-scale range, lower end
-_C.INPUT.MAX_SCALE = 2.0  # LSJ resize-scale range, upper end
+_C.INPUT.MIN_SCALE = 0.1  # LSJ resize-scale range of IMAGE_SIZE, lower end (scale_crop: of the image's own size)
+_C.INPUT.MAX_SCALE = 2.0  # LSJ resize-scale range of IMAGE_SIZE, upper end (scale_crop: of the image's own size)
 _C.INPUT.RANDOM_FLIP = "horizontal"  # "horizontal", "vertical" or "none"
 _C.INPUT.MIN_SIZE_TRAIN = (800,)  # multi_scale mapper: shortest-edge choices
 _C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # multi_scale mapper: "choice" or "range"
 _C.INPUT.MAX_SIZE_TRAIN = 1333  # multi_scale mapper: longest-edge cap
 _C.INPUT.MIN_SIZE_TEST = 800  # test-time shortest edge (0 = no resize)
 _C.INPUT.MAX_SIZE_TEST = 1333  # test-time longest-edge cap
+_C.INPUT.TEST_SCALE = 0.0  # > 0: test images resized by this factor of their own size instead of MIN_SIZE_TEST
 _C.INPUT.CROP = _FvCfgNode()
 _C.INPUT.CROP.ENABLED = False  # multi_scale mapper: random crop after resize
 _C.INPUT.CROP.TYPE = "absolute"  # multi_scale mapper: crop type ("absolute": CROP.SIZE in pixels)

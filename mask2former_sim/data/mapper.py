@@ -25,6 +25,7 @@ from .transforms import (
     FixedSizeCrop,
     RandomCrop,
     RandomFlip,
+    RandomScale,
     ResizeScale,
     ResizeShortestEdge,
     TransformList,
@@ -35,13 +36,14 @@ from .transforms import (
 )
 
 SUPERVISION_MODES = ("mask", "box", "sim")
-MAPPER_NAMES = ("coco_instance_lsj", "multi_scale")
+MAPPER_NAMES = ("coco_instance_lsj", "multi_scale", "scale_crop")
 _BOX_MARGIN = np.array([-2.0, -2.0, 2.0, 2.0], dtype=np.float32)  # json boxes need not be tight around masks
 
 
 def build_train_augmentations(cfg: Any) -> List[Augmentation]:
-    """``INPUT.DATASET_MAPPER_NAME``: "coco_instance_lsj" (flip, ResizeScale, FixedSizeCrop) or "multi_scale"
-    (flip, ResizeShortestEdge over ``MIN_SIZE_TRAIN``, optional ``CROP``)."""
+    """``INPUT.DATASET_MAPPER_NAME``: "coco_instance_lsj" (flip, ResizeScale, FixedSizeCrop), "multi_scale"
+    (flip, ResizeShortestEdge over ``MIN_SIZE_TRAIN``, optional ``CROP``) or "scale_crop" (flip, RandomScale by
+    ``[MIN_SCALE, MAX_SCALE]`` of the image's own size, FixedSizeCrop to ``IMAGE_SIZE``)."""
     inp = cfg.INPUT
     if inp.RANDOM_FLIP not in ("horizontal", "vertical", "none"):
         raise ValueError(f"INPUT.RANDOM_FLIP must be 'horizontal', 'vertical' or 'none', got {inp.RANDOM_FLIP!r}")
@@ -57,9 +59,20 @@ def build_train_augmentations(cfg: Any) -> List[Augmentation]:
             if inp.CROP.TYPE != "absolute":
                 raise ValueError(f"INPUT.CROP.TYPE must be 'absolute' (crop size in pixels), got {inp.CROP.TYPE!r}")
             augs.append(RandomCrop(tuple(inp.CROP.SIZE)))
+    elif inp.DATASET_MAPPER_NAME == "scale_crop":
+        size = inp.IMAGE_SIZE
+        augs += [RandomScale(inp.MIN_SCALE, inp.MAX_SCALE), FixedSizeCrop((size, size), inp.PAD_VALUE)]
     else:
         raise ValueError(f"INPUT.DATASET_MAPPER_NAME must be one of {MAPPER_NAMES}, got {inp.DATASET_MAPPER_NAME!r}")
     return augs
+
+
+def build_test_resize(cfg: Any) -> Augmentation:
+    """Test-time resize: a fixed factor ``INPUT.TEST_SCALE`` of the image when > 0, else the shortest edge to
+    ``INPUT.MIN_SIZE_TEST`` (longest ≤ ``MAX_SIZE_TEST``; 0 keeps the image)."""
+    if cfg.INPUT.TEST_SCALE > 0:
+        return RandomScale(cfg.INPUT.TEST_SCALE, cfg.INPUT.TEST_SCALE)
+    return ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
 
 
 class InstanceDatasetMapper:
@@ -134,15 +147,16 @@ class InstanceDatasetMapper:
 class InferenceDatasetMapper:
     """Test mapper: ``{"image": uint8 (3, h, w) resized, "height", "width" (original), "image_id", "file_name"}``.
 
-    The shortest edge is resized to ``min_size`` (longest ≤ ``max_size``); ``min_size`` 0 keeps the image.
+    The shortest edge is resized to ``min_size`` (longest ≤ ``max_size``; ``min_size`` 0 keeps the image), or
+    ``resize`` (e.g. :func:`build_test_resize`) is applied.
     """
 
-    def __init__(self, *, min_size: int, max_size: int):
-        self.resize = ResizeShortestEdge([min_size], max_size)
+    def __init__(self, *, min_size: int = 0, max_size: int = 0, resize: Optional[Augmentation] = None):
+        self.resize = resize if resize is not None else ResizeShortestEdge([min_size], max_size)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "InferenceDatasetMapper":
-        return cls(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST)
+        return cls(resize=build_test_resize(cfg))
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         image = read_image(dataset_dict["file_name"])

@@ -216,6 +216,21 @@ class ResizeScale(Augmentation):
         return ResizeTransform(h, w, new_h, new_w)
 
 
+class RandomScale(Augmentation):
+    """Resize by a factor ``f ~ U[min_factor, max_factor]`` of the image's own size (native-scale jitter, e.g.
+    microscopy where object size in pixels matters more than image size); ``min = max`` gives a fixed scale."""
+
+    def __init__(self, min_factor: float, max_factor: float):
+        if not 0 < min_factor <= max_factor:
+            raise ValueError(f"RandomScale needs 0 < min_factor <= max_factor, got {min_factor}, {max_factor}")
+        self.min_factor, self.max_factor = min_factor, max_factor
+
+    def get_transform(self, h: int, w: int, rng: np.random.Generator) -> Transform:
+        factor = rng.uniform(self.min_factor, self.max_factor) if self.max_factor > self.min_factor else self.min_factor
+        new_h, new_w = max(int(round(h * factor)), 1), max(int(round(w * factor)), 1)
+        return ResizeTransform(h, w, new_h, new_w)
+
+
 class FixedSizeCrop(Augmentation):
     """Random crop to at most ``crop_size`` (offset ``round(U[0,1]·max(in − out, 0))``), then pad right/bottom."""
 

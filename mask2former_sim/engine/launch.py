@@ -50,7 +50,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         epilog=epilog
         or (
             "Examples:\n"
-            "  python train_net.py --config-file configs/cpu/tiny_synthetic.yaml\n"
+            "  python train_net.py --config-file configs/cpu/m2f_synthetic_tiny.yaml\n"
             "  python train_net.py --config-file cfg.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16\n"
             "  python train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS output/model_final.pth\n"
             "  python train_net.py --config-file cfg.yaml --resume\n"

@@ -159,6 +159,9 @@ class Trainer:
     def resume_or_load(self, resume: bool = True) -> int:
         """Resume from ``OUTPUT_DIR/last_checkpoint`` (``resume``) or load ``MODEL.WEIGHTS``; sets start_iter."""
         self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        core = unwrap_model(self.model)
+        if hasattr(core, "init_teacher"):  # SIM: the teacher copies the loaded student (kept if resumed)
+            core.init_teacher()
         return self.start_iter
 
     def train(self) -> Dict[str, Any]:
@@ -228,6 +231,8 @@ class Trainer:
             self.nonfinite_in_a_row = 0
             self._nonfinite_terms.clear()
             self._optimizer_step()
+            if hasattr(core, "after_step"):  # e.g. the SIM teacher's EMA update
+                core.after_step()
         lr = max(group["lr"] for group in self.optimizer.param_groups)
         self.scheduler.step()
         if self.progress is not None:

@@ -20,7 +20,7 @@ from .losses.mask import calculate_uncertainty, dice_loss, get_uncertain_point_c
 from .losses.mask import point_sample, sigmoid_ce_loss
 from .matcher import HungarianMatcher
 
-__all__ = ["SetCriterion", "expand_weight_dict", "mask_weight_dict", "box_weight_dict", "build_criterion"]
+__all__ = ["SetCriterion", "expand_weight_dict", "mask_weight_dict", "box_base_weights", "build_criterion"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 Targets = List[Dict[str, torch.Tensor]]
@@ -102,18 +102,33 @@ class SetCriterion(nn.Module):
         self.losses = list(losses)
 
     @classmethod
-    def from_config(cls, cfg) -> "SetCriterion":
+    def from_config(
+        cls,
+        cfg,
+        *,
+        base_weights: Optional[Dict[str, float]] = None,
+        losses: Sequence[str] = ("labels", "masks"),
+        extra_loss_fns: Optional[Dict[str, LossFn]] = None,
+    ) -> "SetCriterion":
+        """The criterion of ``cfg``; by default Mask2Former's (labels + masks with CLASS/MASK/DICE weights).
+
+        ``base_weights`` (weights of the final head, copied to every auxiliary head), ``losses`` and
+        ``extra_loss_fns`` let the box and SIM modes reuse everything else.
+        """
         mf = cfg.MODEL.MASK_FORMER
         num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
+        if base_weights is None:
+            base_weights = {"loss_ce": mf.CLASS_WEIGHT, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
         return cls(
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             matcher=HungarianMatcher.from_config(cfg),
-            weight_dict=mask_weight_dict(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux),
+            weight_dict=expand_weight_dict(base_weights, num_aux),
             eos_coef=mf.NO_OBJECT_WEIGHT,
-            losses=["labels", "masks"],
+            losses=list(losses),
             num_points=mf.TRAIN_NUM_POINTS,
             oversample_ratio=mf.OVERSAMPLE_RATIO,
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+            extra_loss_fns=extra_loss_fns,
         )
 
     def loss_labels(
@@ -121,15 +136,19 @@ class SetCriterion(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """Cross-entropy over K+1 classes for every query; unmatched queries target "no object" (weight eos_coef).
 
-        L_ce = Σ_q w_{c_q}·(−log softmax(z_q)[c_q]) / Σ_q w_{c_q}
+        L_ce = Σ_q w_{c_q}·(−log softmax(z_q)[c_q]) / Σ_q w_{c_q}, with the normaliser Σ w averaged over
+        processes, so that DDP's gradient average over P processes equals one process with the whole batch
+        (in one process this is exactly Mask2Former's weighted-mean cross-entropy).
         """
         src_logits = outputs["pred_logits"].float()
         batch_idx, src_idx = _src_permutation_idx(indices)
         target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64, device=src_logits.device)
         matched = torch.cat([t["labels"][gt] for t, (_, gt) in zip(targets, indices)]).to(src_logits.device)
         target_classes[batch_idx.to(src_logits.device), src_idx.to(src_logits.device)] = matched
-        loss_ce = F.cross_entropy(src_logits.transpose(1, 2), target_classes, self.empty_weight.to(src_logits))
-        return {"loss_ce": loss_ce}
+        weight = self.empty_weight.to(src_logits)
+        per_query = F.cross_entropy(src_logits.transpose(1, 2), target_classes, weight, reduction="none")
+        normaliser = comm.all_reduce_sum(weight[target_classes].sum().detach()) / comm.get_world_size()
+        return {"loss_ce": per_query.sum() / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)}
 
     def loss_masks(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, num_masks: float
@@ -226,35 +245,33 @@ class SetCriterion(nn.Module):
                 f"importance_sample_ratio={self.importance_sample_ratio}")
 
 
-def box_weight_dict(class_weight: float, projection_weight: float, pairwise_weight: float,
-                    num_aux_heads: int) -> Dict[str, float]:
-    """BoxInst-M2F's weights (``loss_ce``, ``loss_proj``, ``loss_pairwise``) for the final and auxiliary heads."""
-    base = {"loss_ce": class_weight, "loss_proj": projection_weight, "loss_pairwise": pairwise_weight}
-    return expand_weight_dict(base, num_aux_heads)
+def box_base_weights(cfg) -> Dict[str, float]:
+    """BoxInst-M2F's weights of one head: ``loss_ce`` (CLASS_WEIGHT), ``loss_proj``, ``loss_pairwise``."""
+    bi = cfg.MODEL.BOXINST
+    return {"loss_ce": cfg.MODEL.MASK_FORMER.CLASS_WEIGHT, "loss_proj": bi.PROJECTION_WEIGHT,
+            "loss_pairwise": bi.PAIRWISE_WEIGHT}
 
 
 def build_criterion(cfg) -> SetCriterion:
     """The criterion of ``cfg.MODEL.MASK_FORMER.SUPERVISION``.
 
-    "mask": labels + point-sampled masks; "box": labels + BoxInst projection and pairwise terms.
+    "mask": labels + point-sampled masks; "box": labels + BoxInst projection and pairwise terms; "sim": the box
+    families plus SIM's pseudo-mask and paste losses (:func:`.sim.criterion.build_sim_criterion`).
     """
     mode = cfg.MODEL.MASK_FORMER.SUPERVISION
     if mode == "mask":
         return SetCriterion.from_config(cfg)
+    if mode == "sim":
+        from .sim.criterion import build_sim_criterion
+
+        return build_sim_criterion(cfg)
     if mode != "box":
-        raise KeyError(f"MODEL.MASK_FORMER.SUPERVISION = {mode!r}: build_criterion knows 'mask' and 'box'")
+        raise KeyError(f"MODEL.MASK_FORMER.SUPERVISION = {mode!r}: build_criterion knows 'mask', 'box' and 'sim'")
     from .box_supervision import BoxInstLoss
 
-    mf, bi = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST
-    num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
-    return SetCriterion(
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        matcher=HungarianMatcher.from_config(cfg),
-        weight_dict=box_weight_dict(mf.CLASS_WEIGHT, bi.PROJECTION_WEIGHT, bi.PAIRWISE_WEIGHT, num_aux),
-        eos_coef=mf.NO_OBJECT_WEIGHT,
+    return SetCriterion.from_config(
+        cfg,
+        base_weights=box_base_weights(cfg),
         losses=["labels", "boxinst"],
-        num_points=mf.TRAIN_NUM_POINTS,
-        oversample_ratio=mf.OVERSAMPLE_RATIO,
-        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
         extra_loss_fns={"boxinst": BoxInstLoss.from_config(cfg)},
     )

@@ -79,6 +79,8 @@ class MaskFormer(nn.Module):
         sliding_window: kwargs of ``sliding_window_inference`` (tile_size, stride, dedup_iou, border_margin) to
             tile evaluation images, or None.
         box_target_kwargs: kwargs of :func:`~.box_supervision.add_box_targets` (box and SIM supervision).
+        sim: the :class:`~.sim.SIMSupervisor` (teacher, prototypes, pseudo masks, copy-paste); required by, and
+            only used in, "sim" supervision.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class MaskFormer(nn.Module):
         test_topk: int = 100,
         sliding_window: Optional[Dict[str, Any]] = None,
         box_target_kwargs: Optional[Dict[str, Any]] = None,
+        sim: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if supervision not in SUPERVISION_MODES:
@@ -113,6 +116,9 @@ class MaskFormer(nn.Module):
         if supervision != "mask" and self.box_target_kwargs is None:
             raise ValueError(f"SUPERVISION {supervision!r} needs box_target_kwargs (stride, kernel_size, dilation, "
                              "theta, bottom_pixels_removed) to build box masks and colour similarities")
+        if (supervision == "sim") != (sim is not None):
+            raise ValueError(f"SUPERVISION {supervision!r}: a SIMSupervisor is needed in 'sim' mode and only there")
+        self.sim = sim
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         # training iteration, saved with the weights so warm-ups and schedules resume where they stopped
@@ -138,6 +144,11 @@ class MaskFormer(nn.Module):
             box_target_kwargs = {"stride": bi.MASK_STRIDE, "kernel_size": bi.PAIRWISE.SIZE,
                                  "dilation": bi.PAIRWISE.DILATION, "theta": bi.PAIRWISE.THETA,
                                  "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED}
+        sim = None
+        if mf.SUPERVISION == "sim":
+            from .sim import SIMSupervisor
+
+            sim = SIMSupervisor.from_config(cfg, backbone, pixel_decoder, transformer_decoder)
         return cls(
             backbone=backbone,
             pixel_decoder=pixel_decoder,
@@ -151,6 +162,7 @@ class MaskFormer(nn.Module):
             test_topk=cfg.TEST.DETECTIONS_PER_IMAGE,
             sliding_window=sliding_window,
             box_target_kwargs=box_target_kwargs,
+            sim=sim,
         )
 
     @property
@@ -167,6 +179,17 @@ class MaskFormer(nn.Module):
         self.iteration.fill_(int(iteration))
         if hasattr(self.criterion, "set_iter"):
             self.criterion.set_iter(int(iteration))
+
+    def init_teacher(self) -> None:
+        """SIM: make the teacher a copy of the student, once the student's weights are loaded (the trainer calls
+        this after ``resume_or_load``; a teacher restored from a checkpoint is kept)."""
+        if self.sim is not None:
+            self.sim.init_teacher([self.backbone, self.pixel_decoder, self.transformer_decoder])
+
+    def after_step(self) -> None:
+        """Called by the trainer after every optimizer step: the SIM teacher's EMA update."""
+        if self.sim is not None:
+            self.sim.update_teacher([self.backbone, self.pixel_decoder, self.transformer_decoder])
 
     def preprocess_images(self, batched_inputs: List[Dict[str, Any]]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """Normalised, zero-padded batch (B, 3, Hp, Wp) and the (H, W) of every image."""
@@ -234,6 +257,9 @@ class MaskFormer(nn.Module):
             if self.sliding_window is not None:
                 return self.sliding_window_inference(batched_inputs)
             return self.inference(batched_inputs)
+        if self.sim is not None:
+            self.init_teacher()  # no-op once initialised (by the trainer, or from a checkpoint)
+            batched_inputs = self.sim.paste(batched_inputs, self.current_iter)
         images, _ = self.preprocess_images(batched_inputs)
         outputs = self.forward_network(images)
         if not self.deep_supervision:
@@ -243,7 +269,12 @@ class MaskFormer(nn.Module):
             raw_images, _ = pad_images([x["image"].to(self.device).float() for x in batched_inputs],
                                        self.size_divisibility)
             add_box_targets(targets, raw_images, **self.box_target_kwargs)
-        losses = self.criterion(outputs, targets)
+        indices = None
+        if self.sim is not None:
+            self.sim.add_paste_targets(targets, batched_inputs)
+            indices = self.criterion.match(outputs, targets)
+            self.sim(images, batched_inputs, targets, indices, self.current_iter)
+        losses = self.criterion(outputs, targets, indices)
         return apply_loss_weights(losses, self.criterion.weight_dict)
 
     @torch.no_grad()

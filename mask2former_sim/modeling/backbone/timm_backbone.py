@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 import timm
 import torch
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+from timm.layers import freeze_batch_norm_2d
 
 from ...layers.shape_spec import ShapeSpec
 
@@ -37,24 +37,12 @@ _SWIN_VARIANTS = {
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every ``BatchNorm2d`` by a ``FrozenBatchNorm2d`` with the same statistics, affine and eps.
+    """Replace every batch norm by a frozen one with the same statistics, affine and eps (timm's converter).
 
-    Returns the converted module (the argument itself when it is not a batch norm).
+    timm's ``BatchNormAct2d`` (EfficientNet, …) carries its activation; it becomes ``FrozenBatchNormAct2d``, which
+    keeps it (a plain ``FrozenBatchNorm2d`` would silently drop the activation). Returns the converted module.
     """
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        with torch.no_grad():
-            if module.affine:
-                frozen.weight.copy_(module.weight)
-                frozen.bias.copy_(module.bias)
-            frozen.running_mean.copy_(module.running_mean)
-            frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        converted = freeze_batch_norm(child)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
+    return freeze_batch_norm_2d(module)
 
 
 def is_swin(name: str) -> bool:

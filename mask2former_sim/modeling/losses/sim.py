@@ -1,0 +1,92 @@
+"""SIM's mask losses on full stride-4 mask logits (Li et al., CVPR 2023, Eq. 8 and 9).
+
+``ℓ_mask`` is binary cross-entropy plus dice, both on LOGITS, with a per-pixel weight map ``W`` that is 0 on
+ignored pixels (the band ``τ_low < M̂_prob < τ_high`` and padding). The official code instead applied a focal
+loss to probabilities as if they were logits; that is not reproduced here.
+
+Shapes: ``M`` instances, ``P`` pixels per instance (flattened ``h·w``). Every loss sums over instances and divides
+by ``num_masks`` (the number of GT instances in the batch, averaged over processes), as Mask2Former does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["weighted_bce_with_logits", "weighted_dice_loss", "pseudo_mask_loss", "paste_loss"]
+
+
+def weighted_bce_with_logits(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, num_masks: float
+) -> torch.Tensor:
+    """Eq. 8, BCE term: ``Σ_k [Σ_i W_ki·BCE(x_ki, t_ki) / max(Σ_i W_ki, 1)] / num_masks``.
+
+    Args:
+        logits: (M, P) mask logits.
+        targets: (M, P) labels in {0, 1}.
+        weights: (M, P) pixel weights (0 = ignored).
+        num_masks: normaliser.
+
+    Returns:
+        Scalar loss.
+    """
+    logits, targets, weights = logits.flatten(1).float(), targets.flatten(1).float(), weights.flatten(1).float()
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    per_mask = (loss * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    return per_mask.sum() / num_masks
+
+
+def weighted_dice_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, num_masks: float
+) -> torch.Tensor:
+    """Eq. 8, dice term: ``Σ_k [1 − (2·Σ W p t + 1) / (Σ W p + Σ W t + 1)] / num_masks`` with ``p = σ(x)``.
+
+    Mask2Former's smoothed dice, restricted to the pixels with weight > 0.
+
+    Args:
+        logits: (M, P) mask logits.
+        targets: (M, P) labels in {0, 1}.
+        weights: (M, P) pixel weights (0 = ignored).
+        num_masks: normaliser.
+
+    Returns:
+        Scalar loss.
+    """
+    probs = logits.flatten(1).float().sigmoid()
+    targets, weights = targets.flatten(1).float(), weights.flatten(1).float()
+    numerator = 2.0 * (weights * probs * targets).sum(1)
+    denominator = (weights * probs).sum(1) + (weights * targets).sum(1)
+    return (1.0 - (numerator + 1.0) / (denominator + 1.0)).sum() / num_masks
+
+
+def pseudo_mask_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, num_masks: float
+) -> torch.Tensor:
+    """Eq. 8: ``L_pseudo = 1/N Σ_k ℓ_mask(M_pred^k, M̂_k, W_k)``, ``ℓ_mask`` = weighted BCE + weighted dice.
+
+    Args:
+        logits: (M, h, w) or (M, P) student mask logits of the matched queries.
+        labels: pseudo labels M̂ in {0, 1}, same shape.
+        weights: W, 1 where M̂_prob ≤ τ_low or ≥ τ_high, 0 in between and on padding, same shape.
+        num_masks: normaliser (number of instances).
+
+    Returns:
+        Scalar loss.
+    """
+    return (weighted_bce_with_logits(logits, labels, weights, num_masks)
+            + weighted_dice_loss(logits, labels, weights, num_masks))
+
+
+def paste_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """Eq. 9: ``L_paste = Σ_k 1_paste·ℓ_mask(M_pred^k, M̂'^k) / N`` over the pasted instances only.
+
+    Args:
+        logits: (M, h, w) student mask logits of the queries matched to pasted instances.
+        masks: (M, h, w) their binary pseudo masks M̂' from the memory bank.
+        valid: (M, h, w) 1 on real image pixels, 0 on padding.
+        num_masks: normaliser (number of instances).
+
+    Returns:
+        Scalar loss.
+    """
+    return (weighted_bce_with_logits(logits, masks, valid, num_masks)
+            + weighted_dice_loss(logits, masks, valid, num_masks))

@@ -1,0 +1,8 @@
+"""SIM (Li et al., CVPR 2023) on Mask2Former: EMA teacher, class prototypes, pseudo masks, copy-paste."""
+from .memory_bank import MemoryBank, paste_instances
+from .prototypes import PrototypeBank, semantic_map, sinkhorn_knopp
+from .supervisor import SIMSupervisor
+from .teacher import EMATeacher, ema_update_
+
+__all__ = ["EMATeacher", "ema_update_", "MemoryBank", "paste_instances", "PrototypeBank", "semantic_map",
+           "sinkhorn_knopp", "SIMSupervisor"]

@@ -1,0 +1,122 @@
+"""The loss families SIM adds to :class:`~..criterion.SetCriterion` and the "sim" criterion (SPEC §5-6, Eq. 10).
+
+``L = L_box + λ1·L_pseudo + λ2·L_paste`` per prediction head, with ``L_box`` = class CE + BoxInst projection and
+pairwise terms on the original (non-pasted) instances, ``L_pseudo`` (Eq. 8) on the same instances against the
+pseudo masks, and ``L_paste`` (Eq. 9) on the pasted instances only against their bank pseudo masks. The families
+read what :class:`~.supervisor.SIMSupervisor` adds to the targets: ``pasted`` (N,), ``pseudo_labels`` /
+``pseudo_weights`` (N, h, w) (from ``START_ITER`` on), ``paste_masks`` (N, h, w) and ``valid_mask`` (h, w).
+Every family emits its keys at every iteration (zero when it has nothing to supervise), so all processes log
+the same keys.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+from ..losses.sim import paste_loss, pseudo_mask_loss
+
+__all__ = ["ExcludePasted", "PseudoMaskLoss", "PasteLoss", "sim_weight_dict", "build_sim_criterion"]
+
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _select(indices: Indices, targets: Sequence[Dict[str, torch.Tensor]], pasted: bool) -> Indices:
+    """The matches whose GT is (``pasted=True``) or is not (``False``) a pasted instance."""
+    out = []
+    for (src, tgt), t in zip(indices, targets):
+        flags = t.get("pasted")
+        if flags is None:
+            keep = torch.full_like(tgt, not pasted, dtype=torch.bool)
+        else:
+            keep = flags.to(tgt.device)[tgt] == pasted
+        out.append((src[keep], tgt[keep]))
+    return out
+
+
+class ExcludePasted:
+    """A loss family applied to the non-pasted instances only (pasted ones get ``L_paste`` alone, SPEC §6)."""
+
+    def __init__(self, family: Any) -> None:
+        self.family = family
+
+    def set_iter(self, iteration: int) -> None:
+        if hasattr(self.family, "set_iter"):
+            self.family.set_iter(iteration)
+
+    def __call__(self, outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]],
+                 indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+        return self.family(outputs, targets, _select(indices, targets, pasted=False), num_masks)
+
+
+def _matched(outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]], indices: Indices,
+             keys: Sequence[str]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Matched mask logits (M, h, w) and the matching rows of ``targets[key]`` for each key."""
+    pred_masks = outputs["pred_masks"]
+    logits = [pred_masks[b, src.to(pred_masks.device)] for b, (src, _) in enumerate(indices)]
+    rows = [[t[key][tgt.to(t[key].device)] for t, (_, tgt) in zip(targets, indices)] for key in keys]
+    return torch.cat(logits).float(), [torch.cat(r) for r in rows]
+
+
+class PseudoMaskLoss:
+    """``loss_pseudo`` (Eq. 8): weighted BCE + dice of the matched student masks vs the pseudo masks."""
+
+    def __call__(self, outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]],
+                 indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+        zero = outputs["pred_masks"].sum() * 0.0
+        if not all("pseudo_labels" in t for t in targets):
+            return {"loss_pseudo": zero}
+        indices = _select(indices, targets, pasted=False)
+        if sum(len(src) for src, _ in indices) == 0:
+            return {"loss_pseudo": zero}
+        logits, (labels, weights) = _matched(outputs, targets, indices, ("pseudo_labels", "pseudo_weights"))
+        return {"loss_pseudo": pseudo_mask_loss(logits, labels, weights, num_masks)}
+
+
+class PasteLoss:
+    """``loss_paste`` (Eq. 9): BCE + dice of the students' masks matched to pasted instances vs their masks."""
+
+    def __call__(self, outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]],
+                 indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
+        zero = outputs["pred_masks"].sum() * 0.0
+        if not all("paste_masks" in t for t in targets):
+            return {"loss_paste": zero}
+        indices = _select(indices, targets, pasted=True)
+        if sum(len(src) for src, _ in indices) == 0:
+            return {"loss_paste": zero}
+        logits, (masks,) = _matched(outputs, targets, indices, ("paste_masks",))
+        valid = torch.cat([t["valid_mask"][None].expand(len(tgt), -1, -1) for t, (_, tgt) in zip(targets, indices)])
+        return {"loss_paste": paste_loss(logits, masks, valid.float(), num_masks)}
+
+
+def sim_weight_dict(class_weight: float, projection_weight: float, pairwise_weight: float, pseudo_weight: float,
+                    paste_weight: float, num_aux_heads: int) -> Dict[str, float]:
+    """Weights of ``loss_ce, loss_proj, loss_pairwise, loss_pseudo, loss_paste`` for every head (``_0`` … aux)."""
+    from ..criterion import expand_weight_dict
+
+    base = {"loss_ce": class_weight, "loss_proj": projection_weight, "loss_pairwise": pairwise_weight,
+            "loss_pseudo": pseudo_weight, "loss_paste": paste_weight}
+    return expand_weight_dict(base, num_aux_heads)
+
+
+def build_sim_criterion(cfg):
+    """SetCriterion for ``SUPERVISION sim``: families labels + boxinst (non-pasted) + pseudo + paste."""
+    from ..box_supervision import BoxInstLoss
+    from ..criterion import SetCriterion
+    from ..matcher import HungarianMatcher
+
+    mf, bi, sim = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST, cfg.MODEL.SIM
+    num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
+    return SetCriterion(
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        matcher=HungarianMatcher.from_config(cfg),
+        weight_dict=sim_weight_dict(mf.CLASS_WEIGHT, bi.PROJECTION_WEIGHT, bi.PAIRWISE_WEIGHT, sim.PSEUDO_WEIGHT,
+                                    sim.PASTE_WEIGHT, num_aux),
+        eos_coef=mf.NO_OBJECT_WEIGHT,
+        losses=["labels", "boxinst", "pseudo", "paste"],
+        num_points=mf.TRAIN_NUM_POINTS,
+        oversample_ratio=mf.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        extra_loss_fns={"boxinst": ExcludePasted(BoxInstLoss.from_config(cfg)), "pseudo": PseudoMaskLoss(),
+                        "paste": PasteLoss()},
+    )

@@ -1,0 +1,139 @@
+"""Online weakly-supervised copy-paste (SIM §3.3, Eq. 9, 11; SPEC §6): the FIFO memory bank and the paste.
+
+:class:`MemoryBank` keeps the last ``MEMORY_LENGTH`` training images of this process with their boxes, classes,
+binary pseudo masks ``M̂'`` (at the mask stride) and mask scores ``S_k`` (Eq. 11). Entries are COPIES on the CPU
+(the official code appended one dict per batch that every later image overwrote). The bank is filled from the
+teacher's pseudo masks once SIM has started. It is NOT saved in checkpoints (100 COCO crops are ~300 MB per
+process): after ``--resume`` it refills within ``MEMORY_LENGTH / batch`` iterations and pasting resumes as soon as
+it holds one entry, so a resumed run after ``START_ITER`` is not bitwise identical to an uninterrupted one.
+
+:func:`paste_instances` pastes sampled bank instances onto a training image at the same location: originals
+lose the pasted pixels, fully occluded ones are removed, partly occluded ones get the tight box of what remains
+and keep the occluder so their projection target can be ``box ∖ paste``.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..postprocessing import masks_to_boxes
+
+__all__ = ["MemoryBank", "num_instances_to_paste", "sample_instances", "box_raster", "place", "paste_instances"]
+
+
+class MemoryBank:
+    """FIFO bank of at most ``max_length`` images with their instances.
+
+    An entry is ``{"image": uint8 (3, H, W), "padding_mask": bool (H, W), "boxes": (K, 4), "classes": (K,),
+    "masks": bool (K, H/s, W/s), "scores": (K,), "stride": s}``, every tensor a CPU copy.
+    """
+
+    def __init__(self, max_length: int) -> None:
+        if max_length < 1:
+            raise ValueError(f"MODEL.SIM.COPY_PASTE.MEMORY_LENGTH must be >= 1, found {max_length}")
+        self.max_length = max_length
+        self.entries: deque = deque(maxlen=max_length)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def push(self, entry: Dict[str, Any]) -> None:
+        """Store a copy of ``entry`` (tensors cloned to the CPU); the oldest entry leaves when full."""
+        if len(entry["classes"]) == 0:
+            return
+        self.entries.append({k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+                             for k, v in entry.items()})
+
+    def sample(self, generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+        """A uniformly random entry."""
+        if not self.entries:
+            raise IndexError("the copy-paste memory bank is empty")
+        return self.entries[int(torch.randint(len(self.entries), (), generator=generator))]
+
+
+def num_instances_to_paste(num: int, fraction: float, min_inst: int, max_inst: int) -> int:
+    """``clamp(round(fraction·num), min_inst, max_inst)``, at most ``num`` (SIM: ¼, 1, 3)."""
+    k = int(math.floor(fraction * num + 0.5))
+    return min(max(k, min_inst), max_inst, num)
+
+
+def sample_instances(scores: torch.Tensor, k: int, power: float,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``k`` distinct instance indices drawn with probability ∝ ``S^power`` (importance sampling)."""
+    weights = scores.double().clamp_min(0) ** power
+    if float(weights.sum()) <= 0:
+        weights = torch.ones_like(weights)
+    return torch.multinomial(weights, k, replacement=False, generator=generator)
+
+
+def box_raster(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, H, W) bool: pixel (y, x) is inside box (x1, y1, x2, y2) when ⌊x1⌋ ≤ x < max(⌈x2⌉, ⌊x1⌋ + 1) (same in y)."""
+    lo = boxes.float().floor()
+    hi = torch.maximum(boxes.float().ceil(), lo.roll(2, dims=1) + 1)  # x2 ≥ ⌊x1⌋ + 1, y2 ≥ ⌊y1⌋ + 1
+    ys = torch.arange(height, dtype=torch.float32)
+    xs = torch.arange(width, dtype=torch.float32)
+    in_y = (ys[None] >= lo[:, 1:2]) & (ys[None] < hi[:, 3:4])
+    in_x = (xs[None] >= lo[:, 0:1]) & (xs[None] < hi[:, 2:3])
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def place(x: torch.Tensor, height: int, width: int, fill: Any = 0) -> torch.Tensor:
+    """``x`` (..., h, w) cropped or padded (bottom/right, with ``fill``) to (..., height, width)."""
+    out = x.new_full(x.shape[:-2] + (height, width), fill)
+    h, w = min(height, x.shape[-2]), min(width, x.shape[-1])
+    out[..., :h, :w] = x[..., :h, :w]
+    return out
+
+
+def paste_instances(
+    image: torch.Tensor, padding_mask: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor,
+    entry: Dict[str, Any], chosen: torch.Tensor,
+) -> Dict[str, torch.Tensor]:
+    """Paste instances ``chosen`` of a bank ``entry`` onto one image at the same location (Eq. 9 data).
+
+    Args:
+        image: (3, H, W) uint8 target image; padding_mask: (H, W) bool, True = padding.
+        boxes: (N, 4) XYXY; classes: (N,) of the target's instances.
+        entry: a :class:`MemoryBank` entry; chosen: indices of its instances to paste.
+
+    Returns:
+        ``{"image", "boxes", "classes", "pasted": bool (N',), "paste_masks": bool (P, H, W) of the pasted
+        instances (the last P of N'), "occlusion": bool (H, W) union of the pasted pixels}``. Pasted
+        instances clipped to nothing are dropped; their boxes are the tight boxes of their pasted pixels.
+    """
+    height, width = image.shape[-2:]
+    stride = int(entry["stride"])
+    masks = entry["masks"][chosen].bool()
+    masks = masks.repeat_interleave(stride, dim=-2).repeat_interleave(stride, dim=-1)
+    masks = place(masks, height, width, False)
+    source_valid = ~place(entry["padding_mask"].bool(), height, width, True)
+    masks &= source_valid & ~padding_mask.bool()
+    nonempty = masks.flatten(1).any(1)
+    masks, kept_chosen = masks[nonempty], chosen[nonempty]
+    occlusion = masks.any(0) if masks.shape[0] else torch.zeros(height, width, dtype=torch.bool)
+    out_image = image.clone()
+    source = place(entry["image"], height, width, 0)
+    out_image[:, occlusion] = source[:, occlusion]
+
+    raster = box_raster(boxes, height, width)
+    remaining = raster & ~occlusion
+    keep = remaining.flatten(1).any(1)
+    touched = (raster & occlusion).flatten(1).any(1)
+    new_boxes = boxes.float().clone()
+    shrink = keep & touched
+    if bool(shrink.any()):
+        new_boxes[shrink] = masks_to_boxes(remaining[shrink])
+    pasted_boxes = masks_to_boxes(masks)
+    pasted_classes = entry["classes"][kept_chosen].to(classes.dtype)
+    return {
+        "image": out_image,
+        "boxes": torch.cat([new_boxes[keep], pasted_boxes]),
+        "classes": torch.cat([classes[keep], pasted_classes]),
+        "pasted": torch.cat([torch.zeros(int(keep.sum()), dtype=torch.bool),
+                             torch.ones(masks.shape[0], dtype=torch.bool)]),
+        "paste_masks": masks,
+        "occlusion": occlusion,
+    }

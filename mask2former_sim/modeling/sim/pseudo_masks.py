@@ -1,0 +1,145 @@
+"""Instance-aware pseudo masks of SIM: positives, instance map M_I (Eq. 6), self-correction (Eq. 7), thresholds.
+
+All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
+
+- :func:`positive_weights` — Eq. 6, ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised over the positives.
+- :func:`instance_map` — ``M_I = Σ_p w_p·σ(m_p)``.
+- :func:`fuse_maps` — Eq. 7, ``M̂_prob = ((1 − α)·M_S + α·M_I)·B`` (B: the GT box mask; outside the box is
+  certain background for this instance).
+- :func:`threshold_pseudo_mask` — labels 1 where ``M̂_prob ≥ τ_high``, 0 where ``≤ τ_low``; weight 0 in between
+  and on padding.
+- :func:`dynamic_tau_high` — the official code's per-instance τ_high (option).
+- :func:`mask_score` — Eq. 11, ``S_k = mean(M̂_prob over M̂ = 1)`` (copy-paste importance).
+- :func:`gather_positives` — the (head, query) pairs the student's Hungarian matching assigned to each GT.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torchvision.ops import box_iou
+
+from ..postprocessing import masks_to_boxes
+
+__all__ = [
+    "positive_weights",
+    "instance_map",
+    "fuse_maps",
+    "threshold_pseudo_mask",
+    "dynamic_tau_high",
+    "mask_score",
+    "gather_positives",
+]
+
+Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def positive_weights(mask_probs: torch.Tensor, gt_box: torch.Tensor, stride: int, mu: float) -> torch.Tensor:
+    """Eq. 6: ``w_p = exp(μ·IoU_p) / Σ_p' exp(μ·IoU_p')`` for the positive masks of one GT.
+
+    ``IoU_p`` is the IoU between the tight box of ``σ(m_p) > 0.5`` (mask-stride pixels scaled by ``stride`` to
+    input pixels; an empty mask has IoU 0) and the GT box.
+
+    Args:
+        mask_probs: (P, h, w) teacher mask probabilities of the positives.
+        gt_box: (4,) XYXY in input pixels.
+        stride: mask stride.
+        mu: μ (SIM: 5).
+
+    Returns:
+        (P,) weights summing to 1.
+    """
+    boxes = masks_to_boxes(mask_probs > 0.5) * stride
+    iou = box_iou(boxes, gt_box.reshape(1, 4).float())[:, 0]
+    iou = torch.nan_to_num(iou, nan=0.0)
+    return torch.softmax(mu * iou, dim=0)  # exp(μ·IoU) / Σ exp(μ·IoU)
+
+
+def instance_map(mask_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``M_I = Σ_p w_p·σ(m_p)``: (P, h, w) probabilities and (P,) weights → (h, w)."""
+    return torch.einsum("phw,p->hw", mask_probs, weights.to(mask_probs))
+
+
+def fuse_maps(semantic: torch.Tensor, instance: torch.Tensor, box_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 7 (self-correction): ``M̂_prob = ((1 − α)·M_S + α·M_I)·B``.
+
+    Args:
+        semantic: (..., h, w) M_S.
+        instance: (..., h, w) M_I.
+        box_mask: (..., h, w) GT box mask in {0, 1}.
+        alpha: modulation intensity α (SIM: 0.5).
+    """
+    return ((1.0 - alpha) * semantic + alpha * instance) * box_mask
+
+
+def threshold_pseudo_mask(
+    prob: torch.Tensor, tau_low: float, tau_high: torch.Tensor | float, valid: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo labels M̂ and the weight map W of Eq. 8.
+
+    Args:
+        prob: (..., h, w) M̂_prob.
+        tau_low: pixels ``≤ τ_low`` are background (SIM Table 7: 0.3).
+        tau_high: pixels ``≥ τ_high`` are foreground (0.7); a float or a (...,) tensor (one per instance).
+        valid: (h, w) or (..., h, w) bool, False on padding.
+
+    Returns:
+        labels (..., h, w) float in {0, 1} and weights (..., h, w) float in {0, 1}.
+    """
+    if isinstance(tau_high, torch.Tensor):
+        tau_high = tau_high.to(prob)[..., None, None]
+    foreground = prob >= tau_high
+    certain = foreground | (prob <= tau_low)
+    return foreground.float(), (certain & valid).float()
+
+
+def dynamic_tau_high(
+    prob: torch.Tensor, inst: torch.Tensor, box_mask: torch.Tensor, instance_thresh: float,
+    low: float, high: float,
+) -> torch.Tensor:
+    """The official code's per-instance τ_high (option ``DYNAMIC_TAU_HIGH``).
+
+    With ``n = #{M_I > instance_thresh inside the box}``, τ_high is the (n+1)-th largest value of ``M̂_prob``
+    inside the box, clamped to ``[low, high]`` (0.7, 0.8): roughly as many pixels become foreground as the
+    teacher's instance map is confident about.
+
+    Args:
+        prob: (K, h, w) M̂_prob; inst: (K, h, w) M_I; box_mask: (K, h, w).
+
+    Returns:
+        (K,) thresholds.
+    """
+    inside = box_mask > 0
+    taus = []
+    for p, m, b in zip(prob, inst, inside):
+        values = p[b]
+        if values.numel() == 0:
+            taus.append(prob.new_tensor(high))
+            continue
+        n = int(((m > instance_thresh) & b).sum())
+        ranked = values.sort(descending=True).values
+        taus.append(ranked[min(n, values.numel() - 1)])
+    return torch.stack(taus).clamp(low, high) if taus else prob.new_zeros(0)
+
+
+def mask_score(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: ``S_k = Σ M̂_prob·1(M̂ = 1) / Σ 1(M̂ = 1)`` per instance, (K, h, w) → (K,) (0 for empty masks)."""
+    fg = labels.flatten(1) > 0
+    return (prob.flatten(1) * fg).sum(1) / fg.sum(1).clamp_min(1)
+
+
+def gather_positives(
+    indices_per_head: Sequence[Indices], image: int, gt: int, heads: Sequence[int]
+) -> List[Tuple[int, int]]:
+    """(head, query) pairs matched to GT ``gt`` of image ``image`` at each of ``heads``.
+
+    Args:
+        indices_per_head: per head, per image ``(query_idx, gt_idx)`` (``SetCriterion.match``).
+        heads: head positions to use (all heads, or only the final one at position 0).
+    """
+    pairs = []
+    for h in heads:
+        src, tgt = indices_per_head[h][image]
+        hit = (tgt == gt).nonzero(as_tuple=True)[0]
+        pairs.extend((h, int(src[i])) for i in hit.tolist())
+    return pairs

@@ -1,0 +1,109 @@
+"""The momentum (EMA) teacher of SIM: a frozen copy of the whole network (backbone, pixel decoder, transformer
+decoder) whose weights follow the student, ``θ_t ← m·θ_t + (1 − m)·θ_s`` after every optimizer step (SIM §3.4,
+momentum 0.9999), with buffers (batch-norm statistics) copied.
+
+Design (SPEC §5): the teacher is a submodule of the model, so it is saved in and restored from checkpoints with the
+model's ``state_dict`` and moves with ``model.to(device)``. Its parameters have ``requires_grad=False``, so the
+optimizer (``engine.optimizer.get_param_groups`` skips them), gradient clipping (which clips the optimizer's
+parameters) and DDP's gradient reducer (which registers only parameters that require grad) never see them. It is
+always in eval mode (``train()`` is a no-op), runs under ``torch.no_grad``, and its weights are a copy of the
+student made *after* the student's weights are loaded (:meth:`EMATeacher.copy_from`, called by
+``MaskFormer.init_teacher``); the ``initialized`` buffer records that, so that a resumed run keeps the teacher
+from its checkpoint instead of copying the student again. The official code built the teacher afresh (random
+init): not reproduced.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ema_update_", "EMATeacher"]
+
+
+@torch.no_grad()
+def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """In place: ``θ_t ← m·θ_t + (1 − m)·θ_s`` for every parameter, buffers copied from the student.
+
+    Args:
+        teacher, student: modules with the same structure (the teacher a deep copy of the student).
+        momentum: m in [0, 1] (1 keeps the teacher, 0 copies the student).
+    """
+    t_params, s_params = list(teacher.named_parameters()), list(student.named_parameters())
+    if [n for n, _ in t_params] != [n for n, _ in s_params]:
+        raise ValueError("EMA teacher and student parameters differ in names or order; the teacher must be a "
+                         "copy of the student")
+    if t_params:
+        t_list = [p for _, p in t_params]
+        s_list = [p.detach().to(p.dtype) for _, p in s_params]
+        torch._foreach_mul_(t_list, momentum)
+        torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
+    for (name, t_buf), (_, s_buf) in zip(teacher.named_buffers(), student.named_buffers()):
+        t_buf.copy_(s_buf)
+
+
+class EMATeacher(nn.Module):
+    """Frozen copies of the student's ``backbone``, ``pixel_decoder`` and ``transformer_decoder``.
+
+    Args:
+        backbone, pixel_decoder, transformer_decoder: the student's modules (deep-copied here; call
+            :meth:`copy_from` once the student's weights are loaded).
+        momentum: EMA momentum m (``MODEL.SIM.EMA_MOMENTUM``).
+    """
+
+    part_names = ("backbone", "pixel_decoder", "transformer_decoder")
+
+    def __init__(self, *, backbone: nn.Module, pixel_decoder: nn.Module, transformer_decoder: nn.Module,
+                 momentum: float) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"MODEL.SIM.EMA_MOMENTUM must be in [0, 1], found {momentum}")
+        self.momentum = momentum
+        self.backbone = copy.deepcopy(backbone)
+        self.pixel_decoder = copy.deepcopy(pixel_decoder)
+        self.transformer_decoder = copy.deepcopy(transformer_decoder)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        # True once the weights are the student's (copy_from) or come from a checkpoint that had a teacher
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "EMATeacher":
+        """The teacher always stays in eval mode (no dropout / drop-path, frozen batch-norm statistics)."""
+        return super().train(False)
+
+    def _pairs(self, student_parts: Sequence[nn.Module]) -> List[tuple]:
+        if len(student_parts) != len(self.part_names):
+            raise ValueError(f"expected the student's {self.part_names}, got {len(student_parts)} modules")
+        return [(getattr(self, name), part) for name, part in zip(self.part_names, student_parts)]
+
+    @torch.no_grad()
+    def copy_from(self, student_parts: Sequence[nn.Module]) -> None:
+        """Teacher := student (parameters and buffers); marks the teacher initialised."""
+        for mine, theirs in self._pairs(student_parts):
+            ema_update_(mine, theirs, 0.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def update(self, student_parts: Sequence[nn.Module]) -> None:
+        """One EMA step towards the student (call after every optimizer step)."""
+        for mine, theirs in self._pairs(student_parts):
+            ema_update_(mine, theirs, self.momentum)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> Dict[str, Any]:
+        """Outputs of every prediction head and the mask features of a normalised, padded batch (B, 3, Hp, Wp).
+
+        Returns:
+            ``{"pred_logits", "pred_masks", "aux_outputs", "mask_features": (B, D, Hp/4, Wp/4)}``.
+        """
+        features = self.backbone(images)
+        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
+        outputs = self.transformer_decoder(multi_scale_features, mask_features)
+        outputs["mask_features"] = mask_features
+        return outputs
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}"

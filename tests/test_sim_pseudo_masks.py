@@ -1,0 +1,135 @@
+"""SIM pseudo masks (Eq. 6, 7, 11) and losses (Eq. 8, 9) against hand computations."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mask2former_sim.modeling.losses.sim import (
+    paste_loss,
+    pseudo_mask_loss,
+    weighted_bce_with_logits,
+    weighted_dice_loss,
+)
+from mask2former_sim.modeling.sim.pseudo_masks import (
+    dynamic_tau_high,
+    fuse_maps,
+    gather_positives,
+    instance_map,
+    mask_score,
+    positive_weights,
+    threshold_pseudo_mask,
+)
+
+
+def _rect(h, w, y0, y1, x0, x1, value=0.9):
+    m = torch.full((h, w), 0.1)
+    m[y0:y1, x0:x1] = value
+    return m
+
+
+def test_positive_weights_are_exp_mu_iou_normalised_by_hand():
+    # stride 4; GT box = stride-4 pixels [2, 6) x [2, 6) -> input (8, 8, 24, 24)
+    gt = torch.tensor([8.0, 8.0, 24.0, 24.0])
+    probs = torch.stack([
+        _rect(10, 10, 2, 6, 2, 6),  # box (8, 8, 24, 24): IoU 1
+        _rect(10, 10, 2, 6, 2, 4),  # box (8, 8, 16, 24): IoU 0.5
+        torch.full((10, 10), 0.2),  # empty mask: IoU 0
+    ])
+    w = positive_weights(probs, gt, stride=4, mu=5.0)
+    raw = torch.tensor([math.exp(5 * 1.0), math.exp(5 * 0.5), math.exp(0.0)])
+    torch.testing.assert_close(w, (raw / raw.sum()).float())
+    m_i = instance_map(probs, w)
+    torch.testing.assert_close(m_i, sum(wi * p for wi, p in zip(w, probs)))
+    torch.testing.assert_close(positive_weights(probs, gt, 4, 0.0), torch.full((3,), 1 / 3))  # μ = 0: plain mean
+
+
+def test_fusion_alpha_0_and_1_give_ms_and_mi_inside_the_box():
+    g = torch.Generator().manual_seed(0)
+    ms, mi = torch.rand(2, 6, 6, generator=g), torch.rand(2, 6, 6, generator=g)
+    box = torch.zeros(2, 6, 6)
+    box[:, 1:5, 2:6] = 1
+    torch.testing.assert_close(fuse_maps(ms, mi, box, 0.0), ms * box)
+    torch.testing.assert_close(fuse_maps(ms, mi, box, 1.0), mi * box)
+    torch.testing.assert_close(fuse_maps(ms, mi, box, 0.5), 0.5 * (ms + mi) * box)
+
+
+def test_thresholds_give_labels_ignore_band_and_padding():
+    prob = torch.tensor([[0.0, 0.3, 0.31, 0.69, 0.7, 1.0]])
+    valid = torch.tensor([[True, True, True, True, True, False]])
+    labels, weights = threshold_pseudo_mask(prob, 0.3, 0.7, valid)
+    assert labels.tolist() == [[0, 0, 0, 0, 1, 1]]
+    assert weights.tolist() == [[1, 1, 0, 0, 1, 0]]
+    # per-instance tau_high
+    labels, _ = threshold_pseudo_mask(prob[None].expand(2, -1, -1), 0.3, torch.tensor([0.7, 0.9]), valid)
+    assert labels[1].tolist() == [[0, 0, 0, 0, 0, 1]]
+
+
+def test_dynamic_tau_high_ranks_and_clamps():
+    prob = torch.tensor([[[0.95, 0.85, 0.75, 0.5]]])
+    box = torch.ones(1, 1, 4)
+    inst = torch.tensor([[[0.9, 0.8, 0.1, 0.1]]])  # 2 pixels above 0.7 -> third largest value 0.75
+    assert torch.allclose(dynamic_tau_high(prob, inst, box, 0.7, 0.7, 0.8), torch.tensor([0.75]))
+    inst_all = torch.ones(1, 1, 4)  # n = 4 -> last value 0.5, clamped to 0.7
+    assert torch.allclose(dynamic_tau_high(prob, inst_all, box, 0.7, 0.7, 0.8), torch.tensor([0.7]))
+    assert torch.allclose(dynamic_tau_high(prob, inst * 0, box, 0.7, 0.7, 0.8), torch.tensor([0.8]))
+
+
+def test_mask_score_eq11():
+    prob = torch.tensor([[[0.9, 0.8, 0.2]], [[0.1, 0.1, 0.1]]])
+    labels = torch.tensor([[[1.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]])
+    torch.testing.assert_close(mask_score(prob, labels), torch.tensor([0.85, 0.0]))
+
+
+def test_gather_positives_across_heads():
+    heads = [
+        [(torch.tensor([3, 7]), torch.tensor([1, 0]))],
+        [(torch.tensor([2, 7]), torch.tensor([0, 1]))],
+    ]
+    assert gather_positives(heads, 0, 0, [0, 1]) == [(0, 7), (1, 2)]
+    assert gather_positives(heads, 0, 1, [0]) == [(0, 3)]
+
+
+def _bce(x, t):
+    return -(t * math.log(1 / (1 + math.exp(-x))) + (1 - t) * math.log(1 - 1 / (1 + math.exp(-x))))
+
+
+def test_weighted_bce_and_dice_by_hand():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [0.0, 1.0, -2.0, 4.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    weights = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    num = 4.0
+    bce0 = (_bce(2.0, 1) + _bce(-1.0, 0) + _bce(3.0, 0)) / 3
+    assert math.isclose(float(weighted_bce_with_logits(logits, targets, weights, num)), bce0 / num, rel_tol=1e-5)
+    p = torch.sigmoid(logits)
+    inter = 2 * float(p[0, 0]) + 1
+    den = float(p[0, 0] + p[0, 1] + p[0, 3]) + 1 + 1
+    dice0 = 1 - inter / den
+    dice1 = 0.0  # nothing weighted: 1 - (0 + 1) / (0 + 1)
+    assert math.isclose(float(weighted_dice_loss(logits, targets, weights, num)), (dice0 + dice1) / num, rel_tol=1e-5)
+    total = pseudo_mask_loss(logits.view(2, 2, 2), targets.view(2, 2, 2), weights.view(2, 2, 2), num)
+    assert math.isclose(float(total), (bce0 + dice0 + dice1) / num, rel_tol=1e-5)
+
+
+def test_losses_take_logits_not_probabilities_and_ignore_weight_zero_pixels():
+    logits = torch.tensor([[8.0, -8.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0]])
+    w_all = torch.ones(1, 3)
+    w_ignore = torch.tensor([[1.0, 1.0, 0.0]])
+    assert float(weighted_bce_with_logits(logits, targets, w_ignore, 1.0)) < 1e-3  # confident and right
+    assert float(weighted_bce_with_logits(logits, targets, w_all, 1.0)) > 0.2  # the ignored pixel counts now
+    # paste loss = unweighted (valid-masked) BCE + dice, gradients flow to the logits
+    x = logits.clone().requires_grad_(True)
+    loss = paste_loss(x, targets, w_all, 1.0)
+    loss.backward()
+    expected = F.binary_cross_entropy_with_logits(logits, targets) + weighted_dice_loss(logits, targets, w_all, 1.0)
+    assert math.isclose(float(loss.detach()), float(expected), rel_tol=1e-5)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("num", [1.0, 3.0])
+def test_loss_normalised_by_number_of_instances(num):
+    logits, targets = torch.zeros(2, 5), torch.ones(2, 5)
+    one = weighted_bce_with_logits(logits[:1], targets[:1], torch.ones(1, 5), 1.0)
+    assert math.isclose(float(weighted_bce_with_logits(logits, targets, torch.ones(2, 5), num)), 2 * float(one) / num,
+                        rel_tol=1e-6)

@@ -1,0 +1,172 @@
+"""SIM mode end to end on the tiny model: finite weighted losses with every key in the weight dict, pseudo masks
+reach the targets from START_ITER on, pasted instances get only the paste loss, the bank fills."""
+import os
+
+import pytest
+import torch
+
+from mask2former_sim.config import get_cfg
+from mask2former_sim.modeling import build_model
+from mask2former_sim.modeling.sim.criterion import ExcludePasted, PasteLoss, PseudoMaskLoss
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
+
+
+def _cfg(**sim):
+    cfg = get_cfg()
+    cfg.merge_from_file(CONFIG)
+    cfg.MODEL.MASK_FORMER.SUPERVISION = "sim"
+    cfg.MODEL.SIM.START_ITER = 0
+    for key, value in sim.items():
+        node = cfg.MODEL.SIM
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def _inputs(seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(2):
+        batch.append({
+            "image": torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=g),
+            "height": size, "width": size, "padding_mask": torch.zeros(size, size, dtype=torch.bool),
+            "instances": {"gt_boxes": torch.tensor([[2.0, 2.0, 15.0, 15.0], [10.0, 5.0, 30.0, 25.0]]),
+                          "gt_classes": torch.tensor([0, 2])},
+        })
+    return batch
+
+
+def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
+    torch.manual_seed(0)
+    model = build_model(_cfg(COPY_PASTE__PROB=1.0))
+    model.train()
+    model.set_iter(0)
+    losses = model(_inputs())
+    weights = model.criterion.weight_dict
+    assert set(losses) == set(weights)  # every emitted key is weighted, every weighted key is emitted
+    assert {"loss_pseudo", "loss_paste", "loss_proj", "loss_pairwise", "loss_ce", "loss_pseudo_2"} <= set(losses)
+    assert weights["loss_pseudo"] == 2.5 and weights["loss_paste"] == 5.0 and weights["loss_pseudo_0"] == 2.5
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert float(losses["loss_pseudo"].detach()) > 0
+    assert {"teacher_box_iou", "pseudo_fg_fraction", "bank_size"} <= set(model.sim.stats)
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.sim.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer_decoder.parameters())
+
+
+def test_before_start_iter_only_box_losses_train_but_prototypes_move():
+    torch.manual_seed(0)
+    model = build_model(_cfg(START_ITER=5, PROTO_MOMENTUM=0.5, INSTANCE_MAP_THRESH=0.0))
+    model.train()
+    model.set_iter(0)
+    before = model.sim.prototypes.prototypes.clone()
+    losses = model(_inputs())
+    assert float(losses["loss_pseudo"].detach()) == 0 and float(losses["loss_paste"].detach()) == 0
+    assert not torch.equal(before, model.sim.prototypes.prototypes)
+    assert len(model.sim.bank) == 0  # the bank fills only once SIM has started
+    moved = (before - model.sim.prototypes.prototypes).abs().sum((1, 2)) > 0
+    assert moved.tolist() == [True, False, True]  # classes 0 and 2 present, class 1 absent
+
+
+def test_copy_paste_in_the_forward_and_pasted_instances_only_get_the_paste_loss():
+    torch.manual_seed(0)
+    model = build_model(_cfg(COPY_PASTE__PROB=1.0, TAU_HIGH=0.3, TAU_LOW=0.2))  # low τ_high: masks reach the bank
+    model.train()
+    model.set_iter(0)
+    model(_inputs(0))
+    assert len(model.sim.bank) > 0
+    entry = model.sim.bank.entries[0]
+    assert entry["masks"].dtype == torch.bool and entry["masks"].shape[-1] == 32 // 4
+
+    pasted_inputs = model.sim.paste(_inputs(1), iteration=1)
+    inst = pasted_inputs[0]["instances"]
+    assert bool(inst["pasted"].any()) and inst["paste_masks"].shape[0] == int(inst["pasted"].sum())
+    assert "gt_masks" not in inst
+
+    captured = {}
+    original = model.criterion.forward
+
+    def spy(outputs, targets, indices=None):
+        captured["targets"] = targets
+        captured["indices"] = indices
+        return original(outputs, targets, indices)
+
+    model.criterion.forward = spy
+    torch.manual_seed(3)
+    losses = model(_inputs(1))
+    targets = captured["targets"]
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(bool(t["pasted"].any()) for t in targets)  # PROB 1: every image gets a paste
+    assert float(losses["loss_paste"].detach()) > 0
+    for t in targets:
+        # pasted rows: no pseudo weights and a paste mask; originals: no paste mask
+        assert float(t["pseudo_weights"][t["pasted"]].sum()) == 0
+        assert float(t["paste_masks"][~t["pasted"]].abs().sum()) == 0
+        assert bool((t["paste_masks"][t["pasted"]].flatten(1).sum(1) > 0).all())
+
+
+def test_exclude_pasted_filters_the_box_family():
+    seen = {}
+
+    def family(outputs, targets, indices, num_masks):
+        seen["indices"] = indices
+        return {"loss_x": torch.zeros(())}
+
+    targets = [{"pasted": torch.tensor([False, True, False])}]
+    ExcludePasted(family)({}, targets, [(torch.tensor([4, 5, 6]), torch.tensor([0, 1, 2]))], 1.0)
+    src, tgt = seen["indices"][0]
+    assert src.tolist() == [4, 6] and tgt.tolist() == [0, 2]
+
+
+def test_pseudo_and_paste_families_by_hand():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1] = torch.tensor([[2.0, -2.0], [0.0, 1.0]])
+    logits[0, 2] = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    target = {
+        "pasted": torch.tensor([False, True]),
+        "pseudo_labels": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]),
+        "pseudo_weights": torch.tensor([[[1.0, 1.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]),
+        "paste_masks": torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]]]),
+        "valid_mask": torch.tensor([[True, True], [True, False]]),
+    }
+    outputs = {"pred_masks": logits}
+    indices = [(torch.tensor([1, 2]), torch.tensor([0, 1]))]
+    from mask2former_sim.modeling.losses.sim import paste_loss, pseudo_mask_loss
+
+    pseudo = PseudoMaskLoss()(outputs, [target], indices, 2.0)["loss_pseudo"]
+    expected = pseudo_mask_loss(logits[0, 1:2], target["pseudo_labels"][:1], target["pseudo_weights"][:1], 2.0)
+    torch.testing.assert_close(pseudo, expected)
+    paste = PasteLoss()(outputs, [target], indices, 2.0)["loss_paste"]
+    expected = paste_loss(logits[0, 2:3], target["paste_masks"][1:], target["valid_mask"][None].float(), 2.0)
+    torch.testing.assert_close(paste, expected)
+
+
+@pytest.mark.parametrize("positives", ["all_heads", "last_head"])
+def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
+    torch.manual_seed(0)
+    model = build_model(_cfg(POSITIVES=positives))
+    model.train()
+    model.init_teacher()
+    batch = _inputs()
+    images, _ = model.preprocess_images(batch)
+    targets = model.prepare_targets(batch, tuple(images.shape[-2:]))
+    from mask2former_sim.modeling.box_supervision import add_box_targets
+
+    add_box_targets(targets, images * 0 + 128, **model.box_target_kwargs)
+    model.sim.add_paste_targets(targets, batch)
+    with torch.no_grad():
+        outputs = model.forward_network(images)
+        indices = model.criterion.match(outputs, targets)
+        teacher_out = model.sim.teacher(images)
+    results = model.sim.pseudo_masks(teacher_out, targets, indices)
+    heads = [teacher_out] + teacher_out["aux_outputs"]
+    res = results[0]
+    pos = res["positives"][0]
+    assert len(pos) == (len(heads) if positives == "all_heads" else 1)
+    probs = torch.stack([heads[h]["pred_masks"][0, q].sigmoid() for h, q, _ in pos])
+    w = torch.tensor([wt for _, _, wt in pos])
+    torch.testing.assert_close(res["instance"][0], (w[:, None, None] * probs).sum(0), rtol=1e-5, atol=1e-6)
+    assert float(res["prob"][0][targets[0]["box_masks"][0] == 0].abs().sum()) == 0  # zero outside the box
