@@ -4,6 +4,7 @@ The model's loss uses random numbers the way Mask2Former's point sampling does, 
 seeded by each sample's global index, so one process with batch 2b and two processes with batch b see the same
 numbers; with ``global_rng=True`` it draws from the global torch RNG instead (what resume must restore).
 """
+import contextlib
 from typing import Any, Dict, Iterator, List, Optional, Set
 
 import numpy as np
@@ -154,10 +155,16 @@ class _SharedPointsTorch:
         return row.expand(size).clone().to(device)
 
 
-def share_point_sampling() -> None:
-    """Patch the point sampling of the real model (this process) to :class:`_SharedPointsTorch`."""
+@contextlib.contextmanager
+def share_point_sampling():
+    """Within the block, the real model's point sampling (this process) uses :class:`_SharedPointsTorch`."""
     from mask2former_sim.modeling import matcher
     from mask2former_sim.modeling.losses import mask
 
+    originals = (matcher.torch, mask.torch)
     matcher.torch = _SharedPointsTorch()
     mask.torch = _SharedPointsTorch()
+    try:
+        yield
+    finally:
+        matcher.torch, mask.torch = originals

@@ -65,11 +65,14 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(tmp_path, accum)
 def _train_real_and_record(output_dir, register):
     from _engine_fakes import real_model_cfg, share_point_sampling
 
-    share_point_sampling()
     cfg = real_model_cfg(output_dir, register, SOLVER__MAX_ITER=2, SOLVER__CHECKPOINT_PERIOD=0, SOLVER__STEPS=(10,))
+    # SGD: AdamW's first update is ~lr·sign(g) and turns float32 rounding noise in near-zero gradients into
+    # full-size parameter differences, which would hide a real mismatch at the second step
+    cfg.SOLVER.OPTIMIZER = "SGD"
     seed_all_rng(cfg.SEED)
-    trainer = RecordingTrainer(cfg)
-    trainer.train()
+    with share_point_sampling():
+        trainer = RecordingTrainer(cfg)
+        trainer.train()
     return trainer.records, unwrap_model(trainer.model).state_dict()
 
 
@@ -94,7 +97,9 @@ def test_two_gloo_processes_equal_one_process_with_the_real_tiny_model(tmp_path)
         for key in ref["losses"]:
             assert ours["losses"][key] == pytest.approx(ref["losses"][key], rel=1e-5, abs=1e-6), (step, key)
         for name, grad in ref["grads"].items():
-            # float32 sums in another order (2 x 1 image vs 2 images) through a deep net: 1e-4 of the tensor scale
+            # float32 sums in another order (2 x 1 image vs 2 images) through a deep net: 1e-5 of the tensor scale
+            # for the first step; later steps start from parameters that already differ by that rounding
+            tol = 1e-5 if step == 0 else 1e-4
             scale = grad.abs().max().item()
             diff = (ours["grads"][name] - grad).abs().max().item()
-            assert diff <= 1e-4 * max(scale, 1e-3), f"step {step} {name}: max diff {diff:.3g}, scale {scale:.3g}"
+            assert diff <= tol * max(scale, 1e-3), f"step {step} {name}: max diff {diff:.3g}, scale {scale:.3g}"

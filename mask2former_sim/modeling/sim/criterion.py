@@ -16,7 +16,7 @@ import torch
 
 from ..losses.sim import paste_loss, pseudo_mask_loss
 
-__all__ = ["ExcludePasted", "PseudoMaskLoss", "PasteLoss", "sim_weight_dict", "build_sim_criterion"]
+__all__ = ["ExcludePasted", "PseudoMaskLoss", "PasteLoss", "build_sim_criterion"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,34 +89,17 @@ class PasteLoss:
         return {"loss_paste": paste_loss(logits, masks, valid.float(), num_masks)}
 
 
-def sim_weight_dict(class_weight: float, projection_weight: float, pairwise_weight: float, pseudo_weight: float,
-                    paste_weight: float, num_aux_heads: int) -> Dict[str, float]:
-    """Weights of ``loss_ce, loss_proj, loss_pairwise, loss_pseudo, loss_paste`` for every head (``_0`` … aux)."""
-    from ..criterion import expand_weight_dict
-
-    base = {"loss_ce": class_weight, "loss_proj": projection_weight, "loss_pairwise": pairwise_weight,
-            "loss_pseudo": pseudo_weight, "loss_paste": paste_weight}
-    return expand_weight_dict(base, num_aux_heads)
-
-
 def build_sim_criterion(cfg):
-    """SetCriterion for ``SUPERVISION sim``: families labels + boxinst (non-pasted) + pseudo + paste."""
+    """SetCriterion for ``SUPERVISION sim``: families labels + boxinst (non-pasted) + pseudo + paste (Eq. 10)."""
     from ..box_supervision import BoxInstLoss
-    from ..criterion import SetCriterion
-    from ..matcher import HungarianMatcher
+    from ..criterion import SetCriterion, box_base_weights
 
-    mf, bi, sim = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST, cfg.MODEL.SIM
-    num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
-    return SetCriterion(
-        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        matcher=HungarianMatcher.from_config(cfg),
-        weight_dict=sim_weight_dict(mf.CLASS_WEIGHT, bi.PROJECTION_WEIGHT, bi.PAIRWISE_WEIGHT, sim.PSEUDO_WEIGHT,
-                                    sim.PASTE_WEIGHT, num_aux),
-        eos_coef=mf.NO_OBJECT_WEIGHT,
+    base_weights = {**box_base_weights(cfg), "loss_pseudo": cfg.MODEL.SIM.PSEUDO_WEIGHT,
+                    "loss_paste": cfg.MODEL.SIM.PASTE_WEIGHT}
+    return SetCriterion.from_config(
+        cfg,
+        base_weights=base_weights,
         losses=["labels", "boxinst", "pseudo", "paste"],
-        num_points=mf.TRAIN_NUM_POINTS,
-        oversample_ratio=mf.OVERSAMPLE_RATIO,
-        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
         extra_loss_fns={"boxinst": ExcludePasted(BoxInstLoss.from_config(cfg)), "pseudo": PseudoMaskLoss(),
                         "paste": PasteLoss()},
     )
