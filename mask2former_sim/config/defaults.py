@@ -240,6 +240,7 @@ _C.TEST.SLIDING_WINDOW.TILE_SIZE = 512  # tile side in (test-resized) input pixe
 _C.TEST.SLIDING_WINDOW.STRIDE = 384  # distance between tile origins
 _C.TEST.SLIDING_WINDOW.DEDUP_IOU = 0.5  # instances from different tiles with mask IoU above this are merged
 _C.TEST.SLIDING_WINDOW.BORDER_MARGIN = 8  # drop instances touching an inner tile border within this many pixels
+_C.TEST.SLIDING_WINDOW.MIN_SCORE = 0.05  # tile instances scoring below this are dropped before the merge (speed)
 
 # ---------------------------------------------------------------------------------------------------------
 # Misc

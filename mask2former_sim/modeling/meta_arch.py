@@ -137,7 +137,7 @@ class MaskFormer(nn.Module):
         sliding_window = None
         if sw.ENABLED:
             sliding_window = {"tile_size": sw.TILE_SIZE, "stride": sw.STRIDE, "dedup_iou": sw.DEDUP_IOU,
-                              "border_margin": sw.BORDER_MARGIN}
+                              "border_margin": sw.BORDER_MARGIN, "min_score": sw.MIN_SCORE}
         mf, bi = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST
         box_target_kwargs = None
         if mf.SUPERVISION != "mask":

@@ -98,7 +98,7 @@ def window_mask_iou(a: _TileInstance, b: _TileInstance) -> float:
 
 def _collect_tile_instances(
     outputs: Sequence[Dict[str, Any]], tiles: Sequence[Tuple[int, int, int, int]], first_index: int,
-    image_hw: Tuple[int, int], border_margin: int,
+    image_hw: Tuple[int, int], border_margin: int, min_score: float = 0.0,
 ) -> List[_TileInstance]:
     height, width = image_hw
     found = []
@@ -112,7 +112,7 @@ def _collect_tile_instances(
         tx1, ty1, tx2, ty2 = tile
         for mask, box, score, label in zip(masks, boxes, scores, labels):
             bx1, by1, bx2, by2 = box
-            if bx2 <= bx1 or by2 <= by1:
+            if bx2 <= bx1 or by2 <= by1 or score < min_score:
                 continue
             truncated = (
                 (tx1 > 0 and bx1 <= border_margin)
@@ -199,6 +199,7 @@ def sliding_window_inference(
     border_margin: int,
     max_dets: int,
     batch_size: int = 4,
+    min_score: float = 0.0,
 ) -> Dict[str, torch.Tensor]:
     """Tiled inference on one (test-resized) image.
 
@@ -213,6 +214,8 @@ def sliding_window_inference(
         border_margin: an instance within this many pixels of an inner tile border counts as truncated.
         max_dets: keep at most this many instances (highest scores).
         batch_size: tiles per ``infer_fn`` call.
+        min_score: tile instances scoring below this are dropped before merging (the merge is greedy over all
+            candidates: the many near-zero "no object" queries of every tile would dominate its cost).
     Returns:
         ``{"pred_masks": bool (N, height, width), "pred_boxes": float (N, 4) XYXY from the masks,
         "scores": (N,), "pred_classes": int64 (N,)}``, sorted by descending score.
@@ -233,7 +236,7 @@ def sliding_window_inference(
             for x1, y1, x2, y2 in chunk
         ]
         outputs = infer_fn(inputs)
-        candidates.extend(_collect_tile_instances(outputs, chunk, start, (img_h, img_w), border_margin))
+        candidates.extend(_collect_tile_instances(outputs, chunk, start, (img_h, img_w), border_margin, min_score))
     kept = merge_tile_instances(candidates, dedup_iou)
     kept.sort(key=lambda c: -c.score)
     kept = kept[:max_dets]
