@@ -168,3 +168,32 @@ def share_point_sampling():
         yield
     finally:
         matcher.torch, mask.torch = originals
+
+
+class StopTraining(Exception):
+    """Raised by :func:`train_real_interrupted`'s loader to stop a run as a kill would."""
+
+
+def train_real_interrupted(cfg, stop_at: Optional[int] = None, resume: bool = False):
+    """Train ``cfg`` with the real loader; with ``stop_at`` the run stops (``StopTraining``) when the batch of
+    iteration ``stop_at`` is requested, after whatever checkpoints came before. Returns the trainer."""
+    import pytest
+
+    from mask2former_sim.engine import Trainer, seed_all_rng
+
+    loader = Trainer.build_train_loader
+    if stop_at is not None:
+        def loader(cfg, start_iter):
+            for n, batch in enumerate(Trainer.build_train_loader(cfg, start_iter)):
+                if start_iter + n >= stop_at:
+                    raise StopTraining
+                yield batch
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg, train_loader_fn=loader)
+    trainer.resume_or_load(resume=resume)
+    if stop_at is None:
+        trainer.train()
+    else:
+        with pytest.raises(StopTraining):
+            trainer.train()
+    return trainer

@@ -6,12 +6,8 @@ import os
 import pytest
 import torch
 
-from _engine_fakes import FakeModel, engine_cfg, fake_train_loader
+from _engine_fakes import FakeModel, StopTraining, engine_cfg, fake_train_loader
 from mask2former_sim.engine import Trainer, seed_all_rng
-
-
-class StopTraining(Exception):
-    pass
 
 
 def _stopping_loader(cfg, start_iter, stop_at_iter):
@@ -121,26 +117,11 @@ def tiny_dataset(tmp_path_factory):
 @pytest.mark.slow
 def test_resume_with_the_real_tiny_model(tmp_path, tiny_dataset):
     """The real model and loader (random point sampling from the global RNG): resumed == uninterrupted."""
-    from _engine_fakes import real_model_cfg
+    from _engine_fakes import real_model_cfg, train_real_interrupted
 
     def run(out, stop_at=None, resume=False):
         cfg = real_model_cfg(str(out), tiny_dataset, SOLVER__MAX_ITER=3, SOLVER__CHECKPOINT_PERIOD=2)
-        loader = Trainer.build_train_loader
-        if stop_at is not None:
-            def loader(cfg, start_iter):
-                for n, batch in enumerate(Trainer.build_train_loader(cfg, start_iter)):
-                    if start_iter + n >= stop_at:
-                        raise StopTraining
-                    yield batch
-        seed_all_rng(cfg.SEED)
-        trainer = Trainer(cfg, train_loader_fn=loader)
-        trainer.resume_or_load(resume=resume)
-        if stop_at is None:
-            trainer.train()
-        else:
-            with pytest.raises(StopTraining):
-                trainer.train()
-        return trainer
+        return train_real_interrupted(cfg, stop_at, resume)
 
     full = run(tmp_path / "full")
     run(tmp_path / "split", stop_at=2)  # stopped after the checkpoint of iteration 1

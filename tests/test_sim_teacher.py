@@ -76,13 +76,9 @@ def tiny_dataset(tmp_path_factory):
     return make_tiny_dataset(str(tmp_path_factory.mktemp("sim_data") / "tiny"))
 
 
-class StopTraining(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_resumed_sim_run_continues_with_the_same_teacher_and_prototypes(tmp_path, tiny_dataset):
-    from _engine_fakes import real_model_cfg
+    from _engine_fakes import real_model_cfg, train_real_interrupted
 
     def run(out, stop_at=None, resume=False):
         cfg = real_model_cfg(str(out), tiny_dataset, SOLVER__MAX_ITER=2, SOLVER__CHECKPOINT_PERIOD=1)
@@ -91,22 +87,7 @@ def test_resumed_sim_run_continues_with_the_same_teacher_and_prototypes(tmp_path
         cfg.MODEL.SIM.EMA_MOMENTUM = 0.5  # the teacher moves visibly
         cfg.MODEL.SIM.PROTO_MOMENTUM = 0.5
         cfg.MODEL.SIM.COPY_PASTE.ENABLED = False  # the bank is not checkpointed (see memory_bank.py)
-        loader = Trainer.build_train_loader
-        if stop_at is not None:
-            def loader(cfg, start_iter):
-                for n, batch in enumerate(Trainer.build_train_loader(cfg, start_iter)):
-                    if start_iter + n >= stop_at:
-                        raise StopTraining
-                    yield batch
-        seed_all_rng(cfg.SEED)
-        trainer = Trainer(cfg, train_loader_fn=loader)
-        trainer.resume_or_load(resume=resume)
-        if stop_at is None:
-            trainer.train()
-        else:
-            with pytest.raises(StopTraining):
-                trainer.train()
-        return trainer
+        return train_real_interrupted(cfg, stop_at, resume)
 
     full = run(tmp_path / "full")
     teacher = full.model.sim.teacher
