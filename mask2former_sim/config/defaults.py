@@ -27,7 +27,6 @@ _C.MODEL.BACKBONE.ALLOW_DOWNLOAD = False  # let timm download ImageNet weights f
 _C.MODEL.BACKBONE.FREEZE_BN = True  # ResNet batch-norm frozen (detectron2 FrozenBN, as Mask2Former)
 _C.MODEL.BACKBONE.DROP_PATH_RATE = 0.0  # stochastic depth (Mask2Former Swin configs: 0.3)
 _C.MODEL.BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4/8/16/32
-_C.MODEL.BACKBONE.PRETRAIN_IMG_SIZE = 224  # Swin only: window/relative-position table size of the checkpoint
 
 # Mask2Former head: pixel decoder ("SEM_SEG_HEAD" in Mask2Former's naming)
 _C.MODEL.SEM_SEG_HEAD = _FvCfgNode()

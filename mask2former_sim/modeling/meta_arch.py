@@ -22,7 +22,7 @@ from .box_supervision import add_box_targets
 from .criterion import build_criterion
 from .postprocessing import masks_to_instances, resize_mask_logits, topk_queries
 
-__all__ = ["MaskFormer", "apply_loss_weights", "pad_images"]
+__all__ = ["MaskFormer", "apply_loss_weights", "pad_images", "check_supported_choices"]
 
 SUPERVISION_MODES = ("mask", "box", "sim")
 
@@ -61,6 +61,20 @@ def pad_images(images: Sequence[torch.Tensor], size_divisibility: int) -> Tuple[
     for out, im in zip(batch, images):
         out[:, : im.shape[-2], : im.shape[-1]].copy_(im)
     return batch, sizes
+
+
+def check_supported_choices(cfg) -> None:
+    """Mask2Former config keys that name a choice this project implements one way only must name that way."""
+    supported = {
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": (cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME, "MSDeformAttnPixelDecoder"),
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": (cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME,
+                                                       "MultiScaleMaskedTransformerDecoder"),
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON": (cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON, True),
+        "MODEL.SWIN.PATCH_NORM": (cfg.MODEL.SWIN.PATCH_NORM, True),
+    }
+    for key, (found, expected) in supported.items():
+        if found != expected:
+            raise ValueError(f"{key} = {found!r} is not supported: mask2former_sim implements only {expected!r}")
 
 
 class MaskFormer(nn.Module):
@@ -130,6 +144,7 @@ class MaskFormer(nn.Module):
         from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
         from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
+        check_supported_choices(cfg)
         backbone = build_backbone(cfg)
         pixel_decoder = MSDeformAttnPixelDecoder.from_config(cfg, backbone.output_shape())
         transformer_decoder = MultiScaleMaskedTransformerDecoder.from_config(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM)
