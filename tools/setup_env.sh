@@ -18,7 +18,7 @@ echo "[setup] installing requirements (torch from the local wheel cache when pre
 if [ "${1:-}" != "--no-ops" ] && [ -f ops/setup.py ]; then
   CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
   if [ -x "$CUDA_HOME/bin/nvcc" ] || command -v nvcc >/dev/null 2>&1; then
-    if "$VENV/bin/python" -c "import MultiScaleDeformableAttention" 2>/dev/null; then
+    if "$VENV/bin/python" -c "import torch, MultiScaleDeformableAttention" 2>/dev/null; then
       echo "[setup] CUDA op MultiScaleDeformableAttention already built"
     else
       echo "[setup] building the CUDA op from ops/ (set TORCH_CUDA_ARCH_LIST to choose architectures)"

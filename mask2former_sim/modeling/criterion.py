@@ -50,6 +50,12 @@ def _src_permutation_idx(indices: Indices) -> Tuple[torch.Tensor, torch.Tensor]:
     return batch_idx, src_idx
 
 
+def prediction_heads(outputs: Dict[str, torch.Tensor]) -> List[Tuple[str, Dict[str, torch.Tensor]]]:
+    """(key suffix, outputs) of every prediction head: ``("", final)``, then ``("_0", aux 0)``, …"""
+    final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+    return [("", final)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+
+
 class SetCriterion(nn.Module):
     """Hungarian-matched classification and mask losses, summed per head.
 
@@ -202,9 +208,8 @@ class SetCriterion(nn.Module):
         return max(float(num_masks.item()), 1.0)
 
     def heads(self, outputs: Dict[str, torch.Tensor]) -> List[Tuple[str, Dict[str, torch.Tensor]]]:
-        """(key suffix, outputs) of every prediction head: ``("", final)``, then ``("_0", aux 0)``, …"""
-        final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        return [("", final)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        """(key suffix, outputs) of every prediction head; see :func:`prediction_heads`."""
+        return prediction_heads(outputs)
 
     def match(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]) -> List[Indices]:
         """Hungarian matching of every head, in the order of :meth:`heads`."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou
 
+from ..criterion import prediction_heads
 from ..postprocessing import masks_to_boxes
 from .memory_bank import MemoryBank, num_instances_to_paste, paste_instances, place, sample_instances
 from .prototypes import PrototypeBank, semantic_map
@@ -41,11 +42,6 @@ logger = logging.getLogger(__name__)
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 POSITIVES = ("all_heads", "last_head")
-
-
-def prediction_heads(outputs: Dict[str, Any]) -> List[Dict[str, torch.Tensor]]:
-    """Every head's outputs in ``SetCriterion.heads`` order: the final head, then ``aux_outputs`` 0, 1, …"""
-    return [outputs] + list(outputs.get("aux_outputs", []))
 
 
 class SIMSupervisor(nn.Module):
@@ -198,7 +194,7 @@ class SIMSupervisor(nn.Module):
             per image ``{"gt": (K,) GT indices, "semantic", "instance", "prob", "labels", "weights": (K, h, w),
             "tau_high": (K,), "positives": K lists of (head, query, weight), "features": (D, h, w)}``.
         """
-        heads = prediction_heads(teacher_outputs)[: len(indices_per_head)]
+        heads = [head for _, head in prediction_heads(teacher_outputs)][: len(indices_per_head)]
         head_ids = list(range(len(heads))) if self.positives == "all_heads" else [0]
         features = F.normalize(teacher_outputs["mask_features"].float(), dim=1)
         protos = self.prototypes.prototypes
