@@ -77,6 +77,24 @@ def test_color_similarity_hand_values_and_padding():
     assert sim[0, :, 3].abs().sum().item() == 0.0
 
 
+def test_color_similarity_center_sampling_uses_the_cell_centre_pixel():
+    # a cell straddling a sharp border: its 4x4 mean is a mix, its centre pixel (row/col 4i + 2) one side's colour
+    img = torch.zeros(1, 3, 16, 16)
+    img[:, :, :, 6:] = 255.0  # black columns 0-5, white columns 6-15: cell column 1 (pixels 4-7) is mixed
+    valid = torch.ones(1, 16, 16, dtype=torch.bool)
+    pooled = images_color_similarity(img, valid, stride=4, kernel_size=3, dilation=2, theta=2.0)
+    center = images_color_similarity(img, valid, stride=4, kernel_size=3, dilation=2, theta=2.0, sampling="center")
+    # edge (0, 1) → (0, 3): with avg pooling the mixed cell (half white) differs from white: L 100 vs ~76
+    lab_mixed = rgb_to_lab(torch.full((1, 3, 1, 1), 0.5))[0, :, 0, 0]
+    expected = math.exp(-(100.0 - lab_mixed[0].item()) / 2.0)
+    assert pooled[0, 4, 0, 1].item() == pytest.approx(expected, rel=1e-4)
+    # with centre sampling the cell takes its centre pixel (column 6, white): the same edge has similarity 1
+    assert center[0, 4, 0, 1].item() == pytest.approx(1.0)
+    assert center[0, 3, 0, 2].item() == pytest.approx(math.exp(-50.0), abs=1e-12)  # (0,2) white → (0,0) black
+    with pytest.raises(ValueError, match="COLOR_SAMPLING"):
+        images_color_similarity(img, valid, sampling="max")
+
+
 def test_box_masks_follow_boxinst_rasterisation():
     boxes = torch.tensor([[3.0, 5.5, 9.9, 14.0]])
     m = boxes_to_stride_masks(boxes, 16, 16, stride=4)[0]

@@ -91,6 +91,12 @@ def test_builtin_synthetic_generated_on_first_use(tmp_path, monkeypatch):
     with open(tmp_path / "synthetic" / "generation.json") as f:
         assert json.load(f)["num_train"] == 6
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary folder left
+    # a copy made with other generator parameters (an older package version) is regenerated, not reused
+    monkeypatch.setitem(synthetic.BUILTIN_SYNTHETIC, "synthetic", SyntheticConfig(num_train=4, num_val=2, size=64))
+    assert len(catalog.get_dataset_dicts("synthetic_val")) == 2
+    with open(tmp_path / "synthetic" / "generation.json") as f:
+        assert json.load(f)["num_train"] == 4
+    assert len(os.listdir(tmp_path / "synthetic" / "train")) == 4
     os.remove(tmp_path / "synthetic" / "generation.json")
     with pytest.raises(FileExistsError, match="generation.json"):
         catalog.get_dataset_dicts("synthetic_val")

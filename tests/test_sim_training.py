@@ -51,7 +51,8 @@ def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
     assert weights["loss_pseudo"] == 2.5 and weights["loss_paste"] == 5.0 and weights["loss_pseudo_0"] == 2.5
     assert all(torch.isfinite(v) for v in losses.values())
     assert float(losses["loss_pseudo"].detach()) > 0
-    assert {"teacher_box_iou", "pseudo_fg_fraction", "bank_size"} <= set(model.sim.stats)
+    assert {"teacher_box_iou", "teacher_box_fill", "pseudo_fg_fraction", "bank_size"} <= set(model.sim.stats)
+    assert 0.0 <= model.sim.stats["teacher_box_fill"] <= 1.0
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.sim.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer_decoder.parameters())

@@ -164,6 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     model = build_model(cfg)
     if args.weights:
         load_model_weights(model, args.weights)
+        model.set_iter(int(model.iteration))  # the checkpoint's iteration: pairwise warm-up as in training
     model.train()  # the training forward builds the targets; with no_grad nothing is updated but BN statistics
     matcher = model.criterion.matcher
     os.makedirs(args.output, exist_ok=True)

@@ -42,10 +42,14 @@ class SyntheticConfig:
     size: int = 128  # image side in pixels (square images)
     seed: int = 0  # base seed; image i of a split uses (seed, split, i)
     color_similarity: float = 0.2  # 0: object colours far from the background ... 1: equal to its mean
-    min_objects: int = 3  # objects attempted per image, lower bound
-    max_objects: int = 8  # objects attempted per image, upper bound
-    min_radius: float = 0.07  # object radius range as a fraction of the image side
-    max_radius: float = 0.15
+    min_objects: int = 2  # objects attempted per image, lower bound
+    max_objects: int = 6  # objects attempted per image, upper bound
+    # object radius range as a fraction of the image side: 28–56 px wide at 128 px, i.e. 7–14 cells of the
+    # stride-4 masks, so that objects have interiors at the masks' resolution (0.07–0.15 gave 4–9 cells)
+    min_radius: float = 0.11
+    max_radius: float = 0.22
+    min_noise: float = 2.0  # per-image std range of the Gaussian pixel noise (0–255 scale)
+    max_noise: float = 6.0
     touch_prob: float = 0.5  # probability that an object is placed touching/overlapping a same-class one
     share_color_prob: float = 0.7  # probability that such a neighbour takes the same colour
     min_visible_fraction: float = 0.4  # an earlier object must keep this fraction of its area visible
@@ -102,7 +106,8 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> Tuple[np.nda
                 visible = left + [int(full.sum())]
                 objects.append(obj)
                 break
-    image += rng.standard_normal(size=image.shape, dtype=np.float32) * np.float32(rng.uniform(3.0, 10.0))
+    image += rng.standard_normal(size=image.shape, dtype=np.float32) * np.float32(rng.uniform(cfg.min_noise,
+                                                                                              cfg.max_noise))
     instances = [(o["cls"], labels == i) for i, o in enumerate(objects)]
     return np.clip(np.round(image), 0, 255).astype(np.uint8), instances
 
@@ -171,8 +176,18 @@ def generate_synthetic_dataset(out_dir: str, cfg: SyntheticConfig = SyntheticCon
 
 
 def ensure_synthetic_dataset(out_dir: str, variant: str = "synthetic") -> None:
-    """Generate the built-in ``variant`` into ``out_dir`` unless it is there (safe across processes)."""
-    if os.path.isfile(os.path.join(out_dir, "generation.json")):
+    """Generate the built-in ``variant`` into ``out_dir`` unless it is there (safe across processes).
+
+    A copy made with other generator parameters (an older version of this package) is regenerated.
+    """
+    recorded = os.path.join(out_dir, "generation.json")
+    if os.path.isfile(recorded):
+        with open(recorded) as f:
+            params = json.load(f)
+        if params == asdict(BUILTIN_SYNTHETIC[variant]):
+            return
+        logger.warning("%s was generated with other parameters (%s); regenerating it", out_dir, recorded)
+        generate_synthetic_dataset(out_dir, BUILTIN_SYNTHETIC[variant], overwrite=True)
         return
     if os.path.exists(out_dir):
         raise FileExistsError(f"{out_dir} exists but holds no complete synthetic data set (generation.json is "

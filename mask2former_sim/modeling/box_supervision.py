@@ -65,6 +65,7 @@ def add_box_targets(
     dilation: int,
     theta: float,
     bottom_pixels_removed: int = 0,
+    color_sampling: str = "avg_pool",
 ) -> None:
     """Add ``box_masks`` (N, Hp/s, Wp/s) and ``color_similarity`` (k²−1, Hp/s, Wp/s) to every target, in place.
 
@@ -77,7 +78,7 @@ def add_box_targets(
         raise ValueError(f"padded input {hp}x{wp} must be divisible by MODEL.BOXINST.MASK_STRIDE = {stride}")
     valid = ~torch.stack([t["padding_mask"] for t in targets])
     valid = _remove_bottom_rows(valid, bottom_pixels_removed)
-    similarity = images_color_similarity(raw_images, valid, stride, kernel_size, dilation, theta)
+    similarity = images_color_similarity(raw_images, valid, stride, kernel_size, dilation, theta, color_sampling)
     for target, sim in zip(targets, similarity):
         target["box_masks"] = boxes_to_stride_masks(target["boxes"], hp, wp, stride)
         target["color_similarity"] = sim

@@ -158,7 +158,8 @@ class MaskFormer(nn.Module):
         if mf.SUPERVISION != "mask":
             box_target_kwargs = {"stride": bi.MASK_STRIDE, "kernel_size": bi.PAIRWISE.SIZE,
                                  "dilation": bi.PAIRWISE.DILATION, "theta": bi.PAIRWISE.THETA,
-                                 "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED}
+                                 "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED,
+                                 "color_sampling": bi.PAIRWISE.COLOR_SAMPLING}
         sim = None
         if mf.SUPERVISION == "sim":
             from .sim import SIMSupervisor

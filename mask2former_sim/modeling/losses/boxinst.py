@@ -82,11 +82,13 @@ def images_color_similarity(
     kernel_size: int = 3,
     dilation: int = 2,
     theta: float = 2.0,
+    sampling: str = "avg_pool",
 ) -> torch.Tensor:
     """Colour affinity of each stride-``stride`` pixel with its neighbours (BoxInst Eq. 3).
 
-    ``S_e = exp(−‖Lab_i − Lab_j‖₂ / θ)`` on the ``stride``×-average-pooled image; an edge whose centre or
-    neighbour is invalid (padding, removed bottom rows) gets similarity 0.
+    ``S_e = exp(−‖Lab_i − Lab_j‖₂ / θ)`` on the ``stride``×-average-pooled image (``sampling="avg_pool"``,
+    BoxInst) or on the pixels at the cell centres ``stride·i + stride // 2`` (``"center"``, where the box masks
+    are sampled); an edge whose centre or neighbour is invalid (padding, removed bottom rows) gets similarity 0.
 
     Args:
         images: (B, 3, H, W) RGB in 0–255 (un-normalised model input), H and W divisible by ``stride``.
@@ -94,7 +96,12 @@ def images_color_similarity(
     Returns:
         (B, k*k − 1, H/stride, W/stride) similarities in [0, 1].
     """
-    pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
+    if sampling == "avg_pool":
+        pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
+    elif sampling == "center":
+        pooled = images[:, :, stride // 2 :: stride, stride // 2 :: stride].float()
+    else:
+        raise ValueError(f"MODEL.BOXINST.PAIRWISE.COLOR_SAMPLING must be 'avg_pool' or 'center', got {sampling!r}")
     lab = rgb_to_lab(pooled / 255.0)
     valid_small = valid[:, None, stride // 2 :: stride, stride // 2 :: stride].float()
     neighbours = unfold_wo_center(lab, kernel_size, dilation)

@@ -63,7 +63,8 @@ class SIMSupervisor(nn.Module):
 
     ``stats`` (updated every iteration) holds ``teacher_box_iou``, the mean IoU between each GT box and the box of
     its instance map ``M_I > 0.5`` (how well the teacher's masks fit the boxes: it must rise before START_ITER),
-    ``pseudo_fg_fraction`` (foreground share of the pseudo masks inside the boxes) and ``bank_size``.
+    ``teacher_box_fill`` (the share of the GT box that ``M_I > 0.5`` covers; an outline fits the box but fills
+    little of it), ``pseudo_fg_fraction`` (foreground share of the pseudo masks inside the boxes) and ``bank_size``.
     """
 
     def __init__(
@@ -263,7 +264,7 @@ class SIMSupervisor(nn.Module):
 
     def _update_stats(self, targets: List[Dict[str, torch.Tensor]], results: List[Dict[str, Any]],
                       iteration: int) -> None:
-        ious, fg = [], []
+        ious, fill, fg = [], [], []
         for target, res in zip(targets, results):
             if len(res["gt"]) == 0:
                 continue
@@ -271,15 +272,19 @@ class SIMSupervisor(nn.Module):
             gt_boxes = target["boxes"][res["gt"]].float()
             ious.append(torch.nan_to_num(box_iou(boxes, gt_boxes).diagonal(), nan=0.0))
             inside = res["box_masks"].flatten(1).sum(1).clamp_min(1)
+            fill.append(((res["instance"] > 0.5) & (res["box_masks"] > 0)).flatten(1).sum(1) / inside)
             fg.append(res["labels"].flatten(1).sum(1) / inside)
         self.stats = {
             "teacher_box_iou": float(torch.cat(ious).mean()) if ious else float("nan"),
+            # an outline has the box of the object but fills little of it: box IoU alone hides that collapse
+            "teacher_box_fill": float(torch.cat(fill).mean()) if fill else float("nan"),
             "pseudo_fg_fraction": float(torch.cat(fg).mean()) if fg else float("nan"),
             "bank_size": float(len(self.bank)) if self.bank is not None else 0.0,
         }
         if self.log_period > 0 and (iteration + 1) % self.log_period == 0:
-            logger.info("SIM iter %d: teacher box IoU %.3f, pseudo foreground %.3f, bank %d (%s)", iteration,
-                        self.stats["teacher_box_iou"], self.stats["pseudo_fg_fraction"], self.stats["bank_size"],
+            logger.info("SIM iter %d: teacher box IoU %.3f, box fill %.3f, pseudo foreground %.3f, bank %d (%s)",
+                        iteration, self.stats["teacher_box_iou"], self.stats["teacher_box_fill"],
+                        self.stats["pseudo_fg_fraction"], self.stats["bank_size"],
                         "pseudo and paste losses on" if self.started(iteration) else "warm-up: box losses only")
 
     def _push_to_bank(self, x: Dict[str, Any], target: Dict[str, torch.Tensor], res: Dict[str, Any]) -> None:
