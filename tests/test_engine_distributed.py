@@ -97,9 +97,11 @@ def test_two_gloo_processes_equal_one_process_with_the_real_tiny_model(tmp_path)
         for key in ref["losses"]:
             assert ours["losses"][key] == pytest.approx(ref["losses"][key], rel=1e-5, abs=1e-6), (step, key)
         for name, grad in ref["grads"].items():
-            # float32 sums in another order (2 x 1 image vs 2 images) through a deep net: 1e-5 of the tensor scale
-            # for the first step; later steps start from parameters that already differ by that rounding
-            tol = 1e-5 if step == 0 else 1e-4
+            # float32 sums in another order (2 x 1 image vs 2 images) through a deep net: up to ~1.5e-5 of the
+            # tensor scale at the first step (the stem conv, at the end of backprop), so 5e-5; a real mismatch
+            # (unaveraged gradients, per-process CE normalisation) is 1e-2 or more. Later steps start from
+            # parameters that already differ by that rounding
+            tol = 5e-5 if step == 0 else 1e-4
             scale = grad.abs().max().item()
             diff = (ours["grads"][name] - grad).abs().max().item()
             assert diff <= tol * max(scale, 1e-3), f"step {step} {name}: max diff {diff:.3g}, scale {scale:.3g}"

@@ -112,18 +112,17 @@ _C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # kept for YAML compatibility
 _C.MODEL.BOXINST = _FvCfgNode()
 _C.MODEL.BOXINST.MASK_STRIDE = 4  # stride of the predicted masks and of the sampled box masks (offset stride // 2)
 _C.MODEL.BOXINST.PROJECTION_WEIGHT = 5.0  # weight of loss_proj (BoxInst 1:1 at Mask2Former's mask-loss scale)
-# weight of loss_pairwise (SPEC: a default to verify; MaskFreeVIS used 1.25). On the short CPU synthetic schedule
-# it hurts: segm AP 0.0 at 5, 9.3 at 1.25, 20.4 at 0 (the masks collapse to 1-cell outlines, README "BoxInst-M2F")
-_C.MODEL.BOXINST.PAIRWISE_WEIGHT = 5.0
+# On the short CPU synthetic schedule the pairwise term hurts: segm AP 0.0 at 5, 9.3 at 1.25, 20.4 at 0 (projection
+# only); the masks collapse to 1-cell outlines (README, "BoxInst-M2F on the CPU synthetic benchmark")
+_C.MODEL.BOXINST.PAIRWISE_WEIGHT = 5.0  # weight of loss_pairwise (SPEC: a default to verify; MaskFreeVIS used 1.25)
 _C.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED = 0  # rows at the image bottom excluded from colour edges (BoxInst: 10)
 _C.MODEL.BOXINST.PAIRWISE = _FvCfgNode()
 _C.MODEL.BOXINST.PAIRWISE.SIZE = 3  # neighbourhood kernel (3x3 → 8 neighbours)
 _C.MODEL.BOXINST.PAIRWISE.DILATION = 2  # neighbourhood dilation (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.COLOR_THRESH = 0.3  # an edge counts when its colour similarity is at least this (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.THETA = 2.0  # similarity exp(-||dLab|| / THETA) (BoxInst)
-# colour of a stride-4 cell: "avg_pool" (BoxInst: mean of its 4x4 pixels) or "center" (its centre pixel, where
-# the box masks are sampled; a cell on a sharp object border then takes one side's colour instead of a mix)
-_C.MODEL.BOXINST.PAIRWISE.COLOR_SAMPLING = "avg_pool"
+# "center": a cell on a sharp object border takes one side's colour instead of a mix (box masks are sampled there)
+_C.MODEL.BOXINST.PAIRWISE.COLOR_SAMPLING = "avg_pool"  # cell colour: "avg_pool" (BoxInst 4x4 mean) or "center"
 _C.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS = 10000  # linear warm-up of the pairwise weight (BoxInst)
 _C.MODEL.BOXINST.MATCHER = _FvCfgNode()
 _C.MODEL.BOXINST.MATCHER.NAME = "projection"  # "projection" (class + projection dice) or "mask_box" (L1 + GIoU)
