@@ -84,7 +84,7 @@ def test_color_similarity_center_sampling_uses_the_cell_centre_pixel():
     valid = torch.ones(1, 16, 16, dtype=torch.bool)
     pooled = images_color_similarity(img, valid, stride=4, kernel_size=3, dilation=2, theta=2.0)
     center = images_color_similarity(img, valid, stride=4, kernel_size=3, dilation=2, theta=2.0, sampling="center")
-    # edge (0, 1) → (0, 3): with avg pooling the mixed cell (half white) differs from white: L 100 vs ~76
+    # edge (0, 1) → (0, 3): with avg pooling the mixed cell (half white) differs from white: L 100 vs ~53
     lab_mixed = rgb_to_lab(torch.full((1, 3, 1, 1), 0.5))[0, :, 0, 0]
     expected = math.exp(-(100.0 - lab_mixed[0].item()) / 2.0)
     assert pooled[0, 4, 0, 1].item() == pytest.approx(expected, rel=1e-4)
