@@ -46,6 +46,13 @@ def test_warmup_factor():
     assert pairwise_warmup_factor(25, 100) == 0.25
     assert pairwise_warmup_factor(500, 100) == 1.0
     assert pairwise_warmup_factor(3, 0) == 1.0
+    # START_ITER 400, warm-up 100: off before 400, then linear
+    assert pairwise_warmup_factor(399, 100, 400) == 0.0
+    assert pairwise_warmup_factor(400, 100, 400) == 0.0
+    assert pairwise_warmup_factor(430, 100, 400) == pytest.approx(0.3)
+    assert pairwise_warmup_factor(900, 100, 400) == 1.0
+    assert pairwise_warmup_factor(399, 0, 400) == 0.0
+    assert pairwise_warmup_factor(400, 0, 400) == 1.0
 
 
 def test_projection_matcher_assigns_each_query_to_the_box_it_fits():
@@ -109,6 +116,13 @@ def test_boxinst_loss_matches_hand_assembly():
     assert count.item() > 0
     assert out["loss_proj"].item() == pytest.approx(proj.item())
     assert out["loss_pairwise"].item() == pytest.approx(0.5 * (total / count).item())
+    # START_ITER: the same loss is 0 before it and 0.3 of the full term 30 iterations after it
+    late = BoxInstLoss(color_thresh=0.3, kernel_size=3, dilation=2, warmup_iters=100, start_iter=400)
+    late.set_iter(399)
+    assert late({"pred_masks": pred_masks}, [target], indices, num_masks=2.0)["loss_pairwise"].item() == 0.0
+    late.set_iter(430)
+    assert late({"pred_masks": pred_masks}, [target], indices, 2.0)["loss_pairwise"].item() == pytest.approx(
+        0.3 * (total / count).item())
 
 
 def _box_cfg():

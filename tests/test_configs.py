@@ -132,7 +132,9 @@ def test_cpu_box_config_builds_a_box_model():
     assert criterion.loss_fns["boxinst"].warmup_iters == 100
     assert isinstance(criterion.matcher.cost, BoxProjectionCost)
     num_heads = cfg.MODEL.MASK_FORMER.DEC_LAYERS
-    for key, weight in (("loss_ce", 2.0), ("loss_proj", 5.0), ("loss_pairwise", 5.0)):
+    assert criterion.loss_fns["boxinst"].start_iter == 0
+    # projection only on the CPU schedules: the pairwise key is still emitted (and logged) with weight 0
+    for key, weight in (("loss_ce", 2.0), ("loss_proj", 5.0), ("loss_pairwise", 0.0)):
         assert criterion.weight_dict[key] == weight
         assert criterion.weight_dict[f"{key}_{num_heads - 2}"] == weight
     assert not any(k.startswith(("loss_mask", "loss_dice")) for k in criterion.weight_dict)

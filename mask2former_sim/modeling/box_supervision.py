@@ -35,11 +35,16 @@ __all__ = [
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
-def pairwise_warmup_factor(iteration: int, warmup_iters: int) -> float:
-    """Linear warm-up of the pairwise term: ``min(iteration / warmup_iters, 1)`` (1 when warm-up is off)."""
+def pairwise_warmup_factor(iteration: int, warmup_iters: int, start_iter: int = 0) -> float:
+    """Weight factor of the pairwise term: 0 before ``start_iter``, then a linear warm-up over ``warmup_iters``.
+
+    ``clip((iteration − start_iter) / warmup_iters, 0, 1)``; with ``start_iter`` 0 this is BoxInst's warm-up.
+    """
+    if iteration < start_iter:
+        return 0.0
     if warmup_iters <= 0:
         return 1.0
-    return min(float(iteration) / float(warmup_iters), 1.0)
+    return min(float(iteration - start_iter) / float(warmup_iters), 1.0)
 
 
 def _remove_bottom_rows(valid: torch.Tensor, rows: int) -> torch.Tensor:
@@ -103,7 +108,7 @@ class BoxProjectionCost:
 
     def __init__(
         self, *, cost_class: float, cost_projection: float, cost_pairwise: float = 0.0, color_thresh: float = 0.3,
-        kernel_size: int = 3, dilation: int = 2, warmup_iters: int = 0,
+        kernel_size: int = 3, dilation: int = 2, warmup_iters: int = 0, start_iter: int = 0,
     ) -> None:
         self.cost_class = cost_class
         self.cost_projection = cost_projection
@@ -112,6 +117,7 @@ class BoxProjectionCost:
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.warmup_iters = warmup_iters
+        self.start_iter = start_iter
         self.current_iter = 0
 
     @classmethod
@@ -121,6 +127,7 @@ class BoxProjectionCost:
             cost_class=bi.MATCHER.COST_CLASS, cost_projection=bi.MATCHER.COST_PROJECTION,
             cost_pairwise=bi.MATCHER.COST_PAIRWISE, color_thresh=bi.PAIRWISE.COLOR_THRESH,
             kernel_size=bi.PAIRWISE.SIZE, dilation=bi.PAIRWISE.DILATION, warmup_iters=bi.PAIRWISE.WARMUP_ITERS,
+            start_iter=bi.PAIRWISE.START_ITER,
         )
 
     def set_iter(self, iteration: int) -> None:
@@ -132,7 +139,7 @@ class BoxProjectionCost:
         mask_logits = outputs_b["pred_masks"].float()
         cost = -self.cost_class * outputs_b["pred_logits"].float().softmax(-1)[:, target_b["labels"]]
         cost = cost + self.cost_projection * batch_projection_dice_cost(mask_logits, target_b["box_masks"])
-        factor = pairwise_warmup_factor(self.current_iter, self.warmup_iters)
+        factor = pairwise_warmup_factor(self.current_iter, self.warmup_iters, self.start_iter)
         if self.cost_pairwise > 0 and factor > 0:
             pair = _pairwise_cost(mask_logits, target_b["color_similarity"], target_b["box_masks"],
                                   self.color_thresh, self.kernel_size, self.dilation)
@@ -180,8 +187,11 @@ class BoxInstLoss:
     of the batch (BoxInst's global edge average).
     """
 
-    def __init__(self, *, color_thresh: float, kernel_size: int, dilation: int, warmup_iters: int) -> None:
+    def __init__(
+        self, *, color_thresh: float, kernel_size: int, dilation: int, warmup_iters: int, start_iter: int = 0,
+    ) -> None:
         self.color_thresh = color_thresh
+        self.start_iter = start_iter
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.warmup_iters = warmup_iters
@@ -191,7 +201,7 @@ class BoxInstLoss:
     def from_config(cls, cfg) -> "BoxInstLoss":
         pw = cfg.MODEL.BOXINST.PAIRWISE
         return cls(color_thresh=pw.COLOR_THRESH, kernel_size=pw.SIZE, dilation=pw.DILATION,
-                   warmup_iters=pw.WARMUP_ITERS)
+                   warmup_iters=pw.WARMUP_ITERS, start_iter=pw.START_ITER)
 
     def set_iter(self, iteration: int) -> None:
         self.current_iter = int(iteration)
@@ -214,5 +224,5 @@ class BoxInstLoss:
         loss_proj = compute_project_term(mask_logits.sigmoid(), box_masks).sum() / num_masks
         total, count = compute_pairwise_term(mask_logits, similarity, box_masks, self.color_thresh,
                                              self.kernel_size, self.dilation)
-        factor = pairwise_warmup_factor(self.current_iter, self.warmup_iters)
+        factor = pairwise_warmup_factor(self.current_iter, self.warmup_iters, self.start_iter)
         return {"loss_proj": loss_proj, "loss_pairwise": factor * total / count.clamp_min(1.0)}
