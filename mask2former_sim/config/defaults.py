@@ -113,7 +113,7 @@ _C.MODEL.BOXINST = _FvCfgNode()
 _C.MODEL.BOXINST.MASK_STRIDE = 4  # stride of the predicted masks and of the sampled box masks (offset stride // 2)
 _C.MODEL.BOXINST.PROJECTION_WEIGHT = 5.0  # weight of loss_proj (BoxInst 1:1 at Mask2Former's mask-loss scale)
 # On the short CPU schedules the pairwise term hurts (synthetic segm AP 0.0 at 5, 9.3 at 1.25, 20.4 at 0): the
-# masks collapse to 1-cell outlines, so the CPU box/SIM configs set 0 (README, "BoxInst-M2F on the CPU benchmarks")
+# masks collapse to 1-cell outlines, so the CPU box/SIM configs set 0 (README, "Box supervision on the CPU benchmarks")
 _C.MODEL.BOXINST.PAIRWISE_WEIGHT = 5.0  # weight of loss_pairwise (SPEC: a default to verify; MaskFreeVIS used 1.25)
 _C.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED = 0  # rows at the image bottom excluded from colour edges (BoxInst: 10)
 _C.MODEL.BOXINST.PAIRWISE = _FvCfgNode()
