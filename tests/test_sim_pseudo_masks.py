@@ -16,6 +16,7 @@ from mask2former_sim.modeling.sim.pseudo_masks import (
     fuse_maps,
     gather_positives,
     instance_map,
+    instance_maps,
     mask_score,
     positive_weights,
     threshold_pseudo_mask,
@@ -86,8 +87,36 @@ def test_gather_positives_across_heads():
         [(torch.tensor([3, 7]), torch.tensor([1, 0]))],
         [(torch.tensor([2, 7]), torch.tensor([0, 1]))],
     ]
-    assert gather_positives(heads, 0, 0, [0, 1]) == [(0, 7), (1, 2)]
-    assert gather_positives(heads, 0, 1, [0]) == [(0, 3)]
+    # (head, query, position of the GT in gts), by head then in the matcher's order
+    assert gather_positives(heads, 0, [0, 1], [0, 1]) == [(0, 3, 1), (0, 7, 0), (1, 2, 0), (1, 7, 1)]
+    assert gather_positives(heads, 0, [1], [0]) == [(0, 3, 0)]  # GT 0 left out (e.g. pasted)
+    assert gather_positives(heads, 0, [], [0, 1]) == []
+
+
+@pytest.mark.parametrize("mu", [5.0, 1000.0])
+def test_instance_maps_equal_the_per_gt_eq6_functions(mu):
+    g = torch.Generator().manual_seed(0)
+    h = w = 12
+    num_gts = 4  # GT 2 gets no positive
+    group = torch.tensor([0, 3, 1, 0, 3, 3, 1, 0])
+    probs = torch.rand(len(group), h, w, generator=g) * 0.4
+    for p in range(len(group)):  # confident rectangles of varied fit, so the IoUs differ
+        y0, x0 = torch.randint(0, 6, (2,), generator=g).tolist()
+        probs[p, y0 : y0 + 4 + p % 3, x0 : x0 + 3 + p % 4] = 0.9
+    gt_boxes = torch.tensor([[4.0, 4.0, 28.0, 24.0], [0.0, 8.0, 20.0, 40.0], [8.0, 8.0, 16.0, 16.0],
+                             [12.0, 0.0, 40.0, 32.0]])
+    weights, maps = instance_maps(probs, gt_boxes[group], group, num_gts, stride=4, mu=mu)
+    assert torch.isfinite(weights).all() and torch.isfinite(maps).all()
+    for k in range(num_gts):
+        members = (group == k).nonzero(as_tuple=True)[0]
+        if len(members) == 0:
+            assert maps[k].abs().sum() == 0
+            continue
+        expected_w = positive_weights(probs[members], gt_boxes[k], stride=4, mu=mu)
+        torch.testing.assert_close(weights[members], expected_w)
+        torch.testing.assert_close(maps[k], instance_map(probs[members], expected_w))
+    empty_w, empty_maps = instance_maps(probs[:0], gt_boxes[:0], group[:0], 2, stride=4, mu=mu)
+    assert empty_w.shape == (0,) and empty_maps.shape == (2, h, w) and empty_maps.abs().sum() == 0
 
 
 def _bce(x, t):

@@ -4,6 +4,8 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 
 - :func:`positive_weights` — Eq. 6, ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised over the positives.
 - :func:`instance_map` — ``M_I = Σ_p w_p·σ(m_p)``.
+- :func:`instance_maps` — both of the above for every GT of an image in one pass (the positives of all GTs
+  stacked, grouped by GT); the training path, checked against the per-GT functions.
 - :func:`fuse_maps` — Eq. 7, ``M̂_prob = ((1 − α)·M_S + α·M_I)·B`` (B: the GT box mask; outside the box is
   certain background for this instance).
 - :func:`threshold_pseudo_mask` — labels 1 where ``M̂_prob ≥ τ_high``, 0 where ``≤ τ_low``; weight 0 in between
@@ -24,6 +26,7 @@ from ..postprocessing import masks_to_boxes
 __all__ = [
     "positive_weights",
     "instance_map",
+    "instance_maps",
     "fuse_maps",
     "threshold_pseudo_mask",
     "dynamic_tau_high",
@@ -58,6 +61,35 @@ def positive_weights(mask_probs: torch.Tensor, gt_box: torch.Tensor, stride: int
 def instance_map(mask_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``M_I = Σ_p w_p·σ(m_p)``: (P, h, w) probabilities and (P,) weights → (h, w)."""
     return torch.einsum("phw,p->hw", mask_probs, weights.to(mask_probs))
+
+
+def instance_maps(
+    mask_probs: torch.Tensor, gt_boxes: torch.Tensor, group: torch.Tensor, num_gts: int, stride: int, mu: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6 for all GTs of an image at once: :func:`positive_weights` and :func:`instance_map` per GT, batched.
+
+    Args:
+        mask_probs: (P, h, w) teacher mask probabilities of the positives of every GT.
+        gt_boxes: (P, 4) XYXY box (input pixels) of the GT each positive belongs to.
+        group: (P,) int64, the GT (0..num_gts-1) of each positive.
+        num_gts: K.
+        stride: mask stride.
+        mu: μ (SIM: 5).
+
+    Returns:
+        (P,) weights (softmax of μ·IoU within each GT) and (K, h, w) M_I (zero for a GT without positives).
+    """
+    h, w = mask_probs.shape[-2:]
+    if mask_probs.shape[0] == 0:
+        return mask_probs.new_zeros(0), mask_probs.new_zeros(num_gts, h, w)
+    boxes = masks_to_boxes(mask_probs > 0.5) * stride
+    iou = torch.nan_to_num(box_iou(boxes, gt_boxes.float()).diagonal(), nan=0.0)
+    logits = mu * iou
+    group_max = logits.new_full((num_gts,), float("-inf")).scatter_reduce(0, group, logits, "amax")
+    exp = torch.exp(logits - group_max[group])  # exp(μ·IoU) up to a per-GT factor that cancels
+    weights = exp / exp.new_zeros(num_gts).index_add(0, group, exp)[group]
+    maps = mask_probs.new_zeros(num_gts, h, w).index_add(0, group, mask_probs * weights[:, None, None].to(mask_probs))
+    return weights, maps
 
 
 def fuse_maps(semantic: torch.Tensor, instance: torch.Tensor, box_mask: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -129,17 +161,22 @@ def mask_score(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def gather_positives(
-    indices_per_head: Sequence[Indices], image: int, gt: int, heads: Sequence[int]
-) -> List[Tuple[int, int]]:
-    """(head, query) pairs matched to GT ``gt`` of image ``image`` at each of ``heads``.
+    indices_per_head: Sequence[Indices], image: int, gts: Sequence[int], heads: Sequence[int]
+) -> List[Tuple[int, int, int]]:
+    """(head, query, k) for every query matched to ``gts[k]`` in image ``image`` at each of ``heads``.
+
+    Ordered by head (in the order of ``heads``), then as the matcher listed the pairs.
 
     Args:
-        indices_per_head: per head, per image ``(query_idx, gt_idx)`` (``SetCriterion.match``).
+        indices_per_head: per head, per image ``(query_idx, gt_idx)`` (``SetCriterion.match``; CPU tensors).
+        gts: GT indices to collect (e.g. the non-pasted ones).
         heads: head positions to use (all heads, or only the final one at position 0).
     """
-    pairs = []
+    position = {gt: k for k, gt in enumerate(gts)}
+    triples = []
     for h in heads:
         src, tgt = indices_per_head[h][image]
-        hit = (tgt == gt).nonzero(as_tuple=True)[0]
-        pairs.extend((h, int(src[i])) for i in hit.tolist())
-    return pairs
+        for q, gt in zip(src.tolist(), tgt.tolist()):
+            if gt in position:
+                triples.append((h, q, position[gt]))
+    return triples

@@ -29,9 +29,8 @@ from .pseudo_masks import (
     dynamic_tau_high,
     fuse_maps,
     gather_positives,
-    instance_map,
+    instance_maps,
     mask_score,
-    positive_weights,
     threshold_pseudo_mask,
 )
 from .teacher import EMATeacher
@@ -61,9 +60,9 @@ class SIMSupervisor(nn.Module):
             "score_power"}``.
         log_period: every this many iterations, log the teacher's quality (``stats``); 0 = never.
 
-    ``stats`` (updated every iteration) holds ``teacher_box_iou``, the mean IoU between each GT box and the box of
-    its instance map ``M_I > 0.5`` (how well the teacher's masks fit the boxes: it must rise before START_ITER),
-    ``teacher_box_fill`` (the share of the GT box that ``M_I > 0.5`` covers; an outline fits the box but fills
+    ``stats`` (updated every ``log_period`` iterations) holds ``teacher_box_iou``, the mean IoU between each GT
+    box and the box of its instance map ``M_I > 0.5`` (how well the teacher's masks fit the boxes: it must rise
+    before START_ITER), ``teacher_box_fill`` (the share of the GT box that ``M_I > 0.5`` covers; an outline fits the box but fills
     little of it), ``pseudo_fg_fraction`` (foreground share of the pseudo masks inside the boxes) and ``bank_size``.
     """
 
@@ -200,26 +199,27 @@ class SIMSupervisor(nn.Module):
         features = F.normalize(teacher_outputs["mask_features"].float(), dim=1)
         protos = self.prototypes.prototypes
         results = []
+        device = features.device
         for b, target in enumerate(targets):
-            h, w = features.shape[-2:]
             pasted = target.get("pasted")
-            gts = torch.arange(len(target["labels"]), device=features.device)
+            gt_list = list(range(len(target["labels"])))
             if pasted is not None:
-                gts = gts[~pasted.to(gts.device)]
+                gt_list = [k for k, is_pasted in enumerate(pasted.tolist()) if not is_pasted]
+            gts = torch.tensor(gt_list, dtype=torch.int64, device=device)
             valid = ~target["padding_mask"][self.stride // 2 :: self.stride, self.stride // 2 :: self.stride]
-            inst_maps, positives = [], []
-            for k in gts.tolist():
-                pairs = gather_positives(indices_per_head, b, k, head_ids)
-                if not pairs:
-                    inst_maps.append(features.new_zeros(h, w))
-                    positives.append([])
-                    continue
-                probs = torch.stack([heads[hd]["pred_masks"][b, q].float().sigmoid() for hd, q in pairs])
-                weights = positive_weights(probs, target["boxes"][k], self.stride, self.iou_mu)
-                inst_maps.append(instance_map(probs, weights))
-                positives.append([(hd, q, float(wt)) for (hd, q), wt in zip(pairs, weights)])
+            # Eq. 6 for all GTs at once: positives ordered by head, so one gather per head
+            triples = gather_positives(indices_per_head, b, gt_list, head_ids)
+            probs = torch.cat([
+                heads[hd]["pred_masks"][b, torch.tensor([q for h, q, _ in triples if h == hd], dtype=torch.int64,
+                                                        device=device)].float()
+                for hd in head_ids]).sigmoid()
+            group = torch.tensor([k for _, _, k in triples], dtype=torch.int64, device=device)
+            weights, inst = instance_maps(probs, target["boxes"][gts][group], group, len(gt_list), self.stride,
+                                          self.iou_mu)
+            positives: List[List[Tuple[int, int, float]]] = [[] for _ in gt_list]
+            for (hd, q, k), wt in zip(triples, weights.tolist()):
+                positives[k].append((hd, q, wt))
             box_masks = target["box_masks"][gts].float()
-            inst = torch.stack(inst_maps) if inst_maps else features.new_zeros(0, h, w)
             classes, class_row = target["labels"][gts].unique(return_inverse=True)  # one map per class present
             sem = semantic_map(features[b], protos[classes], self.proto_temperature)[class_row]
             prob = fuse_maps(sem, inst, box_masks, self.alpha)
@@ -242,7 +242,8 @@ class SIMSupervisor(nn.Module):
         teacher_outputs = self.teacher(images)
         results = self.pseudo_masks(teacher_outputs, targets, indices_per_head)
         started = self.started(iteration)
-        self._update_stats(targets, results, iteration)
+        if self.log_period > 0 and (iteration + 1) % self.log_period == 0:
+            self._log_stats(targets, results, iteration)
         pixel_sets = []
         for b, (target, res) in enumerate(zip(targets, results)):
             gts, labels = res["gt"], res["labels"]
@@ -262,8 +263,9 @@ class SIMSupervisor(nn.Module):
                 pixel_sets.append((c, res["features"][:, region].T))
         self.prototypes.update(pixel_sets)
 
-    def _update_stats(self, targets: List[Dict[str, torch.Tensor]], results: List[Dict[str, Any]],
-                      iteration: int) -> None:
+    def _log_stats(self, targets: List[Dict[str, torch.Tensor]], results: List[Dict[str, Any]],
+                   iteration: int) -> None:
+        """Every LOG_PERIOD iterations: how well the teacher's masks fit their boxes, into ``stats`` and the log."""
         ious, fill, fg = [], [], []
         for target, res in zip(targets, results):
             if len(res["gt"]) == 0:
@@ -281,8 +283,7 @@ class SIMSupervisor(nn.Module):
             "pseudo_fg_fraction": float(torch.cat(fg).mean()) if fg else float("nan"),
             "bank_size": float(len(self.bank)) if self.bank is not None else 0.0,
         }
-        if self.log_period > 0 and (iteration + 1) % self.log_period == 0:
-            logger.info("SIM iter %d: teacher box IoU %.3f, box fill %.3f, pseudo foreground %.3f, bank %d (%s)",
+        logger.info("SIM iter %d: teacher box IoU %.3f, box fill %.3f, pseudo foreground %.3f, bank %d (%s)",
                         iteration, self.stats["teacher_box_iou"], self.stats["teacher_box_fill"],
                         self.stats["pseudo_fg_fraction"], self.stats["bank_size"],
                         "pseudo and paste losses on" if self.started(iteration) else "warm-up: box losses only")
