@@ -118,9 +118,9 @@ def stage_patches(trainer: Trainer, timer: StageTimer) -> List[Tuple[Any, str, s
 def time_mode(cfg: Any, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
     """Plain median step seconds and the per-stage mean seconds of one supervision mode."""
     torch.manual_seed(0)
-    trainer = Trainer(cfg, train_loader_fn=lambda _cfg, _start: itertools.cycle(batches))
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer._data_iter = itertools.cycle(batches)
+    trainer._data_iter = itertools.cycle(batches)  # what train() would set, minus the loader
     trainer.model.train()
     device = trainer.device
 

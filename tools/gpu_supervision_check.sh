@@ -31,7 +31,8 @@ export M2F_SIM_DATASETS="$RUNS/datasets"
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 WHEELS="${WHEELS:-.whl}"
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$WHEELS"/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -70,7 +71,10 @@ estimate=240
 for seed in $NUCLEI_SEEDS; do
   for mode in $NUCLEI_MODES; do
     left=$(( DEADLINE_S - $(elapsed) ))
-    if [ "$left" -lt "$estimate" ]; then echo "skip $mode seed $seed: $left s left, a run takes ~$estimate s"; continue; fi
+    if [ "$left" -lt "$estimate" ]; then
+      echo "skip $mode seed $seed: $left s left, a run takes ~$estimate s"
+      continue
+    fi
     t0=$(date +%s)
     timeout "$left" "$PYTHON" tools/compare_supervision.py --config-file configs/cpu/boxinst_m2f_nuclei_lite0.yaml \
       --modes "$mode" --seeds "$seed" --output-dir "$RUNS/nuclei" \

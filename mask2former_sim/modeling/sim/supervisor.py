@@ -62,8 +62,9 @@ class SIMSupervisor(nn.Module):
 
     ``stats`` (updated every ``log_period`` iterations) holds ``teacher_box_iou``, the mean IoU between each GT
     box and the box of its instance map ``M_I > 0.5`` (how well the teacher's masks fit the boxes: it must rise
-    before START_ITER), ``teacher_box_fill`` (the share of the GT box that ``M_I > 0.5`` covers; an outline fits the box but fills
-    little of it), ``pseudo_fg_fraction`` (foreground share of the pseudo masks inside the boxes) and ``bank_size``.
+    before START_ITER), ``teacher_box_fill`` (the share of the GT box that ``M_I > 0.5`` covers; an outline fits
+    the box but fills little of it), ``pseudo_fg_fraction`` (foreground share of the pseudo masks inside the
+    boxes) and ``bank_size``.
     """
 
     def __init__(
@@ -209,10 +210,9 @@ class SIMSupervisor(nn.Module):
             valid = ~target["padding_mask"][self.stride // 2 :: self.stride, self.stride // 2 :: self.stride]
             # Eq. 6 for all GTs at once: positives ordered by head, so one gather per head
             triples = gather_positives(indices_per_head, b, gt_list, head_ids)
-            probs = torch.cat([
-                heads[hd]["pred_masks"][b, torch.tensor([q for h, q, _ in triples if h == hd], dtype=torch.int64,
-                                                        device=device)].float()
-                for hd in head_ids]).sigmoid()
+            queries = {hd: torch.tensor([q for h, q, _ in triples if h == hd], dtype=torch.int64, device=device)
+                       for hd in head_ids}
+            probs = torch.cat([heads[hd]["pred_masks"][b, queries[hd]].float() for hd in head_ids]).sigmoid()
             group = torch.tensor([k for _, _, k in triples], dtype=torch.int64, device=device)
             weights, inst = instance_maps(probs, target["boxes"][gts][group], group, len(gt_list), self.stride,
                                           self.iou_mu)
@@ -284,9 +284,9 @@ class SIMSupervisor(nn.Module):
             "bank_size": float(len(self.bank)) if self.bank is not None else 0.0,
         }
         logger.info("SIM iter %d: teacher box IoU %.3f, box fill %.3f, pseudo foreground %.3f, bank %d (%s)",
-                        iteration, self.stats["teacher_box_iou"], self.stats["teacher_box_fill"],
-                        self.stats["pseudo_fg_fraction"], self.stats["bank_size"],
-                        "pseudo and paste losses on" if self.started(iteration) else "warm-up: box losses only")
+                    iteration, self.stats["teacher_box_iou"], self.stats["teacher_box_fill"],
+                    self.stats["pseudo_fg_fraction"], self.stats["bank_size"],
+                    "pseudo and paste losses on" if self.started(iteration) else "warm-up: box losses only")
 
     def _push_to_bank(self, x: Dict[str, Any], target: Dict[str, torch.Tensor], res: Dict[str, Any]) -> None:
         if self.bank is None:
