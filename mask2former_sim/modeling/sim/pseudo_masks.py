@@ -2,6 +2,7 @@
 
 All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 
+- :func:`mask_box_iou` — IoU of a mask's tight box (``σ(m) > 0.5``) with a GT box.
 - :func:`positive_weights` — Eq. 6, ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised over the positives.
 - :func:`instance_map` — ``M_I = Σ_p w_p·σ(m_p)``.
 - :func:`instance_maps` — both of the above for every GT of an image in one pass (the positives of all GTs
@@ -24,6 +25,7 @@ from torchvision.ops import box_iou
 from ..postprocessing import masks_to_boxes
 
 __all__ = [
+    "mask_box_iou",
     "positive_weights",
     "instance_map",
     "instance_maps",
@@ -35,6 +37,13 @@ __all__ = [
 ]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def mask_box_iou(mask_probs: torch.Tensor, gt_boxes: torch.Tensor, stride: int) -> torch.Tensor:
+    """IoU of the tight box of each ``mask_probs[p] > 0.5`` (mask-stride pixels scaled by ``stride`` to input
+    pixels) with ``gt_boxes[p]`` (XYXY, input pixels): (P, h, w) and (P, 4) → (P,); an empty mask has IoU 0."""
+    boxes = masks_to_boxes(mask_probs > 0.5) * stride
+    return torch.nan_to_num(box_iou(boxes, gt_boxes.reshape(-1, 4).float()).diagonal(), nan=0.0)
 
 
 def positive_weights(mask_probs: torch.Tensor, gt_box: torch.Tensor, stride: int, mu: float) -> torch.Tensor:
@@ -52,9 +61,7 @@ def positive_weights(mask_probs: torch.Tensor, gt_box: torch.Tensor, stride: int
     Returns:
         (P,) weights summing to 1.
     """
-    boxes = masks_to_boxes(mask_probs > 0.5) * stride
-    iou = box_iou(boxes, gt_box.reshape(1, 4).float())[:, 0]
-    iou = torch.nan_to_num(iou, nan=0.0)
+    iou = mask_box_iou(mask_probs, gt_box.reshape(1, 4).expand(len(mask_probs), 4), stride)
     return torch.softmax(mu * iou, dim=0)  # exp(μ·IoU) / Σ exp(μ·IoU)
 
 
@@ -82,14 +89,12 @@ def instance_maps(
     h, w = mask_probs.shape[-2:]
     if mask_probs.shape[0] == 0:
         return mask_probs.new_zeros(0), mask_probs.new_zeros(num_gts, h, w)
-    boxes = masks_to_boxes(mask_probs > 0.5) * stride
-    iou = torch.nan_to_num(box_iou(boxes, gt_boxes.float()).diagonal(), nan=0.0)
-    logits = mu * iou
+    logits = mu * mask_box_iou(mask_probs, gt_boxes, stride)
     group_max = logits.new_full((num_gts,), float("-inf")).scatter_reduce(0, group, logits, "amax")
     exp = torch.exp(logits - group_max[group])  # exp(μ·IoU) up to a per-GT factor that cancels
     weights = exp / exp.new_zeros(num_gts).index_add(0, group, exp)[group]
-    maps = mask_probs.new_zeros(num_gts, h, w).index_add(0, group, mask_probs * weights[:, None, None].to(mask_probs))
-    return weights, maps
+    weighted = mask_probs * weights[:, None, None].to(mask_probs)
+    return weights, mask_probs.new_zeros(num_gts, h, w).index_add(0, group, weighted)
 
 
 def fuse_maps(semantic: torch.Tensor, instance: torch.Tensor, box_mask: torch.Tensor, alpha: float) -> torch.Tensor:

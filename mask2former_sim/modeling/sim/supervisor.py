@@ -19,10 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_iou
 
 from ..criterion import prediction_heads
-from ..postprocessing import masks_to_boxes
 from .memory_bank import MemoryBank, num_instances_to_paste, paste_instances, place, sample_instances
 from .prototypes import PrototypeBank, semantic_map
 from .pseudo_masks import (
@@ -30,6 +28,7 @@ from .pseudo_masks import (
     fuse_maps,
     gather_positives,
     instance_maps,
+    mask_box_iou,
     mask_score,
     threshold_pseudo_mask,
 )
@@ -270,9 +269,7 @@ class SIMSupervisor(nn.Module):
         for target, res in zip(targets, results):
             if len(res["gt"]) == 0:
                 continue
-            boxes = masks_to_boxes(res["instance"] > 0.5) * self.stride
-            gt_boxes = target["boxes"][res["gt"]].float()
-            ious.append(torch.nan_to_num(box_iou(boxes, gt_boxes).diagonal(), nan=0.0))
+            ious.append(mask_box_iou(res["instance"], target["boxes"][res["gt"]], self.stride))
             inside = res["box_masks"].flatten(1).sum(1).clamp_min(1)
             fill.append(((res["instance"] > 0.5) & (res["box_masks"] > 0)).flatten(1).sum(1) / inside)
             fg.append(res["labels"].flatten(1).sum(1) / inside)
