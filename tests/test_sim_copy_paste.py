@@ -1,22 +1,29 @@
-"""Online weakly-supervised copy-paste (SPEC §6): the occlusion update by hand, the bank stores copies."""
+"""Online weakly-supervised copy-paste (SPEC §6): the occlusion update by hand, pixel-exact pastes at input
+resolution, the bank stores copies."""
+import pytest
 import torch
 
 from mask2former_sim.modeling.sim.memory_bank import (
     MemoryBank,
     box_raster,
+    decode_masks,
+    encode_masks,
     num_instances_to_paste,
     paste_instances,
     sample_instances,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")  # numpy 2 copy warning
 
-def _entry(masks, image_value=200, stride=1, scores=None):
+
+def _entry(masks, image_value=200, scores=None):
+    """A bank entry as :meth:`MemoryBank.push` stores it (masks at input resolution, as RLEs)."""
     k, h, w = masks.shape
     return {
-        "image": torch.full((3, h * stride, w * stride), image_value, dtype=torch.uint8),
-        "padding_mask": torch.zeros(h * stride, w * stride, dtype=torch.bool),
-        "boxes": torch.zeros(k, 4), "classes": torch.arange(k) + 1, "masks": masks.bool(),
-        "scores": torch.ones(k) if scores is None else scores, "stride": stride,
+        "image": torch.full((3, h, w), image_value, dtype=torch.uint8),
+        "padding_mask": torch.zeros(h, w, dtype=torch.bool),
+        "boxes": torch.zeros(k, 4), "classes": torch.arange(k) + 1, "masks": encode_masks(masks.bool()),
+        "scores": torch.ones(k) if scores is None else scores,
     }
 
 
@@ -54,34 +61,50 @@ def test_occlusion_update_by_hand():
     assert int(target.sum()) < int(box_raster(out["boxes"][:1], h, w)[0].sum())
 
 
-def test_paste_respects_padding_and_stride_masks():
+def test_paste_is_pixel_exact_at_input_resolution_and_respects_padding():
     image = torch.zeros(3, 8, 8, dtype=torch.uint8)
     padding = torch.zeros(8, 8, dtype=torch.bool)
     padding[:, 6:] = True
-    mask = torch.zeros(1, 2, 2)
-    mask[0, 0, 1] = 1  # stride 4: input pixels rows 0-3, cols 4-7
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    for i in range(7):  # a diagonal staircase: not expressible with 4x4 (stride-4) blocks
+        mask[0, i, i : i + 2] = True
     out = paste_instances(image, padding, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
-                          _entry(mask, stride=4), torch.tensor([0]))
-    expected = torch.zeros(8, 8, dtype=torch.bool)
-    expected[0:4, 4:6] = True  # padding columns 6-7 are not pasted
+                          _entry(mask), torch.tensor([0]))
+    expected = mask[0] & ~padding  # padding columns 6-7 are not pasted
     assert torch.equal(out["paste_masks"][0], expected)
-    torch.testing.assert_close(out["boxes"], torch.tensor([[4.0, 0.0, 6.0, 4.0]]))
+    assert torch.equal(out["occlusion"], expected)
+    torch.testing.assert_close(out["boxes"], torch.tensor([[0.0, 0.0, 6.0, 6.0]]))
+
+
+def test_rle_round_trip_and_a_smaller_target_image():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 9, 7, generator=g) > 0.5
+    rles = encode_masks(masks)
+    assert torch.equal(decode_masks(rles, torch.tensor([2, 0])), masks[[2, 0]])
+    assert decode_masks(rles, torch.zeros(0, dtype=torch.int64)).shape == (0, 9, 7)
+    # pasting a 9x7 bank mask onto a 5x5 image keeps the overlapping part at the same location
+    out = paste_instances(torch.zeros(3, 5, 5, dtype=torch.uint8), torch.zeros(5, 5, dtype=torch.bool),
+                          torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), _entry(masks), torch.tensor([1]))
+    assert bool(masks[1, :5, :5].any())
+    assert torch.equal(out["paste_masks"][0], masks[1, :5, :5])
 
 
 def test_bank_stores_copies_and_is_fifo():
     bank = MemoryBank(2)
-    masks = torch.ones(1, 3, 3)
-    entry = _entry(masks)
+    masks = torch.ones(1, 3, 3, dtype=torch.bool)
+    entry = {"image": torch.full((3, 3, 3), 200, dtype=torch.uint8), "padding_mask": torch.zeros(3, 3, dtype=torch.bool),
+             "boxes": torch.zeros(1, 4), "classes": torch.ones(1), "masks": masks, "scores": torch.ones(1)}
     bank.push(entry)
     entry["image"].fill_(5)
     entry["masks"].fill_(False)
     entry["scores"].mul_(0)
     stored = bank.entries[0]
-    assert int(stored["image"][0, 0, 0]) == 200 and bool(stored["masks"].all()) and float(stored["scores"][0]) == 1
-    bank.push(_entry(masks, image_value=1))
-    bank.push(_entry(masks, image_value=2))
+    assert int(stored["image"][0, 0, 0]) == 200 and float(stored["scores"][0]) == 1
+    assert bool(decode_masks(stored["masks"], torch.tensor([0])).all())
+    bank.push({**entry, "image": torch.full((3, 3, 3), 1, dtype=torch.uint8)})
+    bank.push({**entry, "image": torch.full((3, 3, 3), 2, dtype=torch.uint8)})
     assert len(bank) == 2 and [int(e["image"][0, 0, 0]) for e in bank.entries] == [1, 2]
-    bank.push(_entry(torch.ones(0, 3, 3)))  # no instance: not stored
+    bank.push({**entry, "classes": torch.ones(0), "masks": torch.ones(0, 3, 3, dtype=torch.bool)})  # nothing
     assert len(bank) == 2
 
 

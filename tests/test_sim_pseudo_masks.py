@@ -13,6 +13,7 @@ from mask2former_sim.modeling.losses.sim import (
 )
 from mask2former_sim.modeling.sim.pseudo_masks import (
     dynamic_tau_high,
+    full_resolution_pseudo_masks,
     fuse_maps,
     gather_positives,
     instance_map,
@@ -45,25 +46,43 @@ def test_positive_weights_are_exp_mu_iou_normalised_by_hand():
     torch.testing.assert_close(positive_weights(probs, gt, 4, 0.0), torch.full((3,), 1 / 3))  # μ = 0: plain mean
 
 
-def test_fusion_alpha_0_and_1_give_ms_and_mi_inside_the_box():
+def test_fusion_is_the_alpha_blend_of_eq7_everywhere():
     g = torch.Generator().manual_seed(0)
     ms, mi = torch.rand(2, 6, 6, generator=g), torch.rand(2, 6, 6, generator=g)
-    box = torch.zeros(2, 6, 6)
-    box[:, 1:5, 2:6] = 1
-    torch.testing.assert_close(fuse_maps(ms, mi, box, 0.0), ms * box)
-    torch.testing.assert_close(fuse_maps(ms, mi, box, 1.0), mi * box)
-    torch.testing.assert_close(fuse_maps(ms, mi, box, 0.5), 0.5 * (ms + mi) * box)
+    torch.testing.assert_close(fuse_maps(ms, mi, 0.0), ms)
+    torch.testing.assert_close(fuse_maps(ms, mi, 1.0), mi)
+    torch.testing.assert_close(fuse_maps(ms, mi, 0.25), 0.75 * ms + 0.25 * mi)
 
 
-def test_thresholds_give_labels_ignore_band_and_padding():
-    prob = torch.tensor([[0.0, 0.3, 0.31, 0.69, 0.7, 1.0]])
-    valid = torch.tensor([[True, True, True, True, True, False]])
-    labels, weights = threshold_pseudo_mask(prob, 0.3, 0.7, valid)
-    assert labels.tolist() == [[0, 0, 0, 0, 1, 1]]
-    assert weights.tolist() == [[1, 1, 0, 0, 1, 0]]
+def test_thresholds_give_labels_ignore_band_and_ignore_outside_the_region():
+    prob = torch.tensor([[0.0, 0.3, 0.31, 0.69, 0.7, 1.0, 0.9, 0.1]])
+    # the last three pixels lie on padding or outside the GT box: ignored, never foreground
+    region = torch.tensor([[True, True, True, True, True, False, False, False]])
+    labels, weights = threshold_pseudo_mask(prob, 0.3, 0.7, region)
+    assert labels.tolist() == [[0, 0, 0, 0, 1, 0, 0, 0]]
+    assert weights.tolist() == [[1, 1, 0, 0, 1, 0, 0, 0]]
     # per-instance tau_high
-    labels, _ = threshold_pseudo_mask(prob[None].expand(2, -1, -1), 0.3, torch.tensor([0.7, 0.9]), valid)
-    assert labels[1].tolist() == [[0, 0, 0, 0, 0, 1]]
+    labels, _ = threshold_pseudo_mask(prob[None].expand(2, -1, -1), 0.3, torch.tensor([0.7, 0.9]), region)
+    assert labels[1].tolist() == [[0, 0, 0, 0, 0, 0, 0, 0]]
+    labels, _ = threshold_pseudo_mask(prob, 0.3, 0.95, torch.ones_like(region))
+    assert labels.tolist() == [[0, 0, 0, 0, 0, 1, 0, 0]]
+
+
+def test_full_resolution_pseudo_masks_by_hand():
+    # one 2x2 map at stride 2 with only the top-left cell on: bilinear x2 (align_corners False) gives
+    # a_y * a_x with a = [1, 0.75, 0.25, 0] along each axis of the 4x4 input-resolution map
+    prob = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]).repeat(2, 1, 1)
+    a = torch.tensor([1.0, 0.75, 0.25, 0.0])
+    expected_prob = a[:, None] * a[None, :]
+    region = torch.ones(2, 4, 4, dtype=torch.bool)
+    region[1, 0, 1] = False  # e.g. a pasted occluder
+    masks = full_resolution_pseudo_masks(prob, torch.tensor([0.5, 0.7]), region, stride=2)
+    assert torch.equal(masks[0], expected_prob >= 0.5)
+    assert masks[0].sum() == 4 and bool(masks[0, :2, :2].all())  # 1, .75, .75, .5625
+    assert masks[1].tolist() == [[True, False, False, False], [True, False, False, False],
+                                 [False] * 4, [False] * 4]  # 0.75 >= 0.7 at (1, 0); (0, 1) outside the region
+    # an image smaller than the padded map: cropped to the region's size
+    assert full_resolution_pseudo_masks(prob[:1], torch.tensor([0.5]), region[:1, :3, :2], 2).shape == (1, 3, 2)
 
 
 def test_dynamic_tau_high_ranks_and_clamps():

@@ -1,5 +1,6 @@
 """SIM mode end to end on the tiny model: finite weighted losses with every key in the weight dict, pseudo masks
-reach the targets from START_ITER on, pasted instances get only the paste loss, the bank fills."""
+reach the targets from START_ITER on, pasted instances get the paste and box losses (not the pseudo loss), the
+bank fills with input-resolution masks, the prototypes follow the student's features."""
 import os
 
 import pytest
@@ -7,9 +8,13 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
-from mask2former_sim.modeling.sim.criterion import ExcludePasted, PasteLoss, PseudoMaskLoss
+from mask2former_sim.modeling.box_supervision import BoxInstLoss, add_box_targets
+from mask2former_sim.modeling.sim.criterion import PasteLoss, PseudoMaskLoss
+from mask2former_sim.modeling.sim.memory_bank import box_raster, decode_masks
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")  # numpy 2 copy warning
 
 
 def _cfg(**sim):
@@ -74,7 +79,7 @@ def test_before_start_iter_only_box_losses_train_but_prototypes_move():
     assert moved.tolist() == [True, False, True]  # classes 0 and 2 present, class 1 absent
 
 
-def test_copy_paste_in_the_forward_and_pasted_instances_only_get_the_paste_loss():
+def test_copy_paste_in_the_forward_and_pasted_instances_get_paste_and_box_losses_only():
     torch.manual_seed(0)
     model = build_model(_cfg(COPY_PASTE__PROB=1.0, TAU_HIGH=0.3, TAU_LOW=0.2))  # low τ_high: masks reach the bank
     model.train()
@@ -82,7 +87,9 @@ def test_copy_paste_in_the_forward_and_pasted_instances_only_get_the_paste_loss(
     model(_inputs(0))
     assert len(model.sim.bank) > 0
     entry = model.sim.bank.entries[0]
-    assert entry["masks"].dtype == torch.bool and entry["masks"].shape[-1] == 32 // 4
+    masks = decode_masks(entry["masks"], torch.arange(len(entry["classes"])))
+    assert masks.shape[-2:] == (32, 32)  # input resolution, not the stride-4 grid
+    assert not bool((masks & ~box_raster(entry["boxes"], 32, 32)).any())  # inside each instance's box raster
 
     pasted_inputs = model.sim.paste(_inputs(1), iteration=1)
     inst = pasted_inputs[0]["instances"]
@@ -104,6 +111,7 @@ def test_copy_paste_in_the_forward_and_pasted_instances_only_get_the_paste_loss(
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(bool(t["pasted"].any()) for t in targets)  # PROB 1: every image gets a paste
     assert float(losses["loss_paste"].detach()) > 0
+    assert isinstance(model.criterion.loss_fns["boxinst"], BoxInstLoss)  # applied to every instance
     for t in targets:
         # pasted rows: no pseudo weights and a paste mask; originals: no paste mask
         assert float(t["pseudo_weights"][t["pasted"]].sum()) == 0
@@ -111,17 +119,57 @@ def test_copy_paste_in_the_forward_and_pasted_instances_only_get_the_paste_loss(
         assert bool((t["paste_masks"][t["pasted"]].flatten(1).sum(1) > 0).all())
 
 
-def test_exclude_pasted_filters_the_box_family():
-    seen = {}
+def test_box_losses_include_pasted_instances():
+    # one image, two matched instances, the second pasted: BoxInst's terms see both (the official code)
+    family = build_model(_cfg()).criterion.loss_fns["boxinst"]
+    logits = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    box_masks = torch.zeros(2, 8, 8)
+    box_masks[0, 1:4, 1:5] = 1
+    box_masks[1, 4:8, 3:7] = 1
+    target = {"box_masks": box_masks, "color_similarity": torch.ones(8, 8, 8), "pasted": torch.tensor([False, True])}
+    indices = [(torch.tensor([0, 2]), torch.tensor([0, 1]))]
+    both = family({"pred_masks": logits}, [target], indices, 2.0)
+    unflagged = family({"pred_masks": logits}, [{**target, "pasted": torch.tensor([False, False])}], indices, 2.0)
+    first_only = family({"pred_masks": logits}, [target], [(torch.tensor([0]), torch.tensor([0]))], 2.0)
+    for key in ("loss_proj", "loss_pairwise"):
+        torch.testing.assert_close(both[key], unflagged[key])
+    # projection: Σ over both instances / num_masks (dice by hand on the max projections)
+    def dice(p, t):
+        return 1 - 2 * (p * t).sum() / ((p * p).sum() + (t * t).sum() + 1e-5)
+    probs = logits[0].sigmoid()
+    expected = sum(dice(probs[q].amax(0), box_masks[k].amax(0)) + dice(probs[q].amax(1), box_masks[k].amax(1))
+                   for q, k in ((0, 0), (2, 1))) / 2.0
+    torch.testing.assert_close(both["loss_proj"], expected)
+    assert float(first_only["loss_proj"]) != float(both["loss_proj"])
 
-    def family(outputs, targets, indices, num_masks):
-        seen["indices"] = indices
-        return {"loss_x": torch.zeros(())}
 
-    targets = [{"pasted": torch.tensor([False, True, False])}]
-    ExcludePasted(family)({}, targets, [(torch.tensor([4, 5, 6]), torch.tensor([0, 1, 2]))], 1.0)
-    src, tgt = seen["indices"][0]
-    assert src.tolist() == [4, 6] and tgt.tolist() == [0, 2]
+def test_prototypes_are_centroids_of_the_students_features():
+    # momentum 0 and one prototype per class: after one update each present class's prototype is the normalised
+    # mean of the STUDENT's normalised features over its pixels (here a constant vector per image), whatever the
+    # teacher's features are
+    torch.manual_seed(0)
+    model = build_model(_cfg(START_ITER=10, PROTO_MOMENTUM=0.0, NUM_PROTOTYPES=1, INSTANCE_MAP_THRESH=-1.0))
+    model.train()
+    model.init_teacher()
+    batch = _inputs()
+    images, _ = model.preprocess_images(batch)
+    targets = model.prepare_targets(batch, tuple(images.shape[-2:]))
+    add_box_targets(targets, images * 0 + 128, **model.box_target_kwargs)
+    model.sim.add_paste_targets(targets, batch)
+    with torch.no_grad():
+        outputs = model.forward_network(images)
+        indices = model.criterion.match(outputs, targets)
+    dim, (h, w) = outputs["mask_features"].shape[1], outputs["mask_features"].shape[-2:]
+    student = torch.zeros(2, dim, h, w)
+    student[:, 0] = 3.0  # every pixel's student feature is (3, 1, 0, ...)
+    student[:, 1] = 1.0
+    model.sim(images, batch, targets, indices, 0, student)
+    protos = model.sim.prototypes.prototypes
+    expected = torch.nn.functional.normalize(torch.tensor([3.0, 1.0] + [0.0] * (dim - 2)), dim=0)
+    torch.testing.assert_close(protos[0, 0], expected)
+    torch.testing.assert_close(protos[2, 0], expected)
+    teacher_features = torch.nn.functional.normalize(model.sim.teacher(images)["mask_features"], dim=1)
+    assert not torch.allclose(teacher_features[0, :, 0, 0], expected, atol=1e-3)
 
 
 def test_pseudo_and_paste_families_by_hand():
@@ -156,8 +204,6 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
     batch = _inputs()
     images, _ = model.preprocess_images(batch)
     targets = model.prepare_targets(batch, tuple(images.shape[-2:]))
-    from mask2former_sim.modeling.box_supervision import add_box_targets
-
     add_box_targets(targets, images * 0 + 128, **model.box_target_kwargs)
     model.sim.add_paste_targets(targets, batch)
     with torch.no_grad():
@@ -172,4 +218,6 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
     probs = torch.stack([heads[h]["pred_masks"][0, q].sigmoid() for h, q, _ in pos])
     w = torch.tensor([wt for _, _, wt in pos])
     torch.testing.assert_close(res["instance"][0], (w[:, None, None] * probs).sum(0), rtol=1e-5, atol=1e-6)
-    assert float(res["prob"][0][targets[0]["box_masks"][0] == 0].abs().sum()) == 0  # zero outside the box
+    outside = targets[0]["box_masks"][0] == 0
+    assert bool(outside.any()) and float(res["prob"][0][outside].abs().sum()) > 0  # Eq. 7 is not cut by the box
+    assert float(res["weights"][0][outside].sum()) == 0 and float(res["labels"][0][outside].sum()) == 0  # ignored

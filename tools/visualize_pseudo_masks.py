@@ -8,8 +8,8 @@
 
 For every GT box one PNG ``<image>_gt<k>.png`` with five panels: the image with the box, the semantic map M_S
 (Eq. 1), the instance map M_I (Eq. 6), the fused pseudo mask M̂ (Eq. 7; white = foreground, black = background,
-grey = ignored band τ_low < M̂_prob < τ_high, dark red = padding), and the positive (head, query) pairs with their
-weights w (Eq. 6). Maps come from the checkpoint's teacher and prototypes (a checkpoint without a teacher uses a
+grey = ignored band τ_low < M̂_prob < τ_high, dark red = outside the box or padding, also ignored), and the
+positive (head, query) pairs with their weights w (Eq. 6). Maps come from the checkpoint's teacher and prototypes (a checkpoint without a teacher uses a
 copy of the student) with the student's matching, exactly as in training. Images are used at their own size.
 Extra ``KEY VALUE`` arguments after ``--opts`` override the config (e.g. ``MODEL.SIM.ALPHA 1``).
 """
@@ -73,11 +73,12 @@ def _gray(m: torch.Tensor, size) -> Image.Image:
     return Image.fromarray((m.clamp(0, 1) * 255).byte().cpu().numpy()).resize(size, Image.NEAREST)
 
 
-def _pseudo_rgb(labels: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor, size) -> Image.Image:
+def _pseudo_rgb(labels: torch.Tensor, weights: torch.Tensor, region: torch.Tensor, size) -> Image.Image:
+    """White: pseudo foreground, black: pseudo background, grey: ignored band, dark red: outside box or padding."""
     rgb = torch.full(labels.shape + (3,), 128, dtype=torch.uint8)
     rgb[(weights > 0) & (labels > 0)] = 255
     rgb[(weights > 0) & (labels == 0)] = 0
-    rgb[~valid.cpu()] = torch.tensor([96, 0, 0], dtype=torch.uint8)
+    rgb[~region.cpu()] = torch.tensor([96, 0, 0], dtype=torch.uint8)
     return Image.fromarray(rgb.numpy()).resize(size, Image.NEAREST)
 
 
@@ -89,9 +90,8 @@ def render_panels(image: torch.Tensor, box: Sequence[float], res: Dict[str, Any]
     canvas_img = Image.new("RGB", size)
     canvas_img.paste(img, (0, 0))
     ImageDraw.Draw(canvas_img).rectangle([float(v) for v in box], outline=(255, 0, 0), width=2)
-    valid = res["valid"].cpu()
     panels = [canvas_img, _gray(res["semantic"][k], size), _gray(res["instance"][k], size),
-              _pseudo_rgb(res["labels"][k].cpu(), res["weights"][k].cpu(), valid, size)]
+              _pseudo_rgb(res["labels"][k].cpu(), res["weights"][k].cpu(), res["region"][k], size)]
     text = Image.new("RGB", (PANEL, PANEL), (255, 255, 255))
     draw = ImageDraw.Draw(text)
     lines = [f"tau_high {float(res['tau_high'][k]):.2f}", "head query  w"]

@@ -51,8 +51,11 @@ def _src_permutation_idx(indices: Indices) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def prediction_heads(outputs: Dict[str, torch.Tensor]) -> List[Tuple[str, Dict[str, torch.Tensor]]]:
-    """(key suffix, outputs) of every prediction head: ``("", final)``, then ``("_0", aux 0)``, …"""
-    final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+    """(key suffix, outputs) of every prediction head: ``("", final)``, then ``("_0", aux 0)``, …
+
+    A head holds ``pred_logits`` and ``pred_masks``; the network's ``mask_features`` belong to no head.
+    """
+    final = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "mask_features")}
     return [("", final)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
 
 

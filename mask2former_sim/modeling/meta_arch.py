@@ -158,8 +158,7 @@ class MaskFormer(nn.Module):
         if mf.SUPERVISION != "mask":
             box_target_kwargs = {"stride": bi.MASK_STRIDE, "kernel_size": bi.PAIRWISE.SIZE,
                                  "dilation": bi.PAIRWISE.DILATION, "theta": bi.PAIRWISE.THETA,
-                                 "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED,
-                                 "color_sampling": bi.PAIRWISE.COLOR_SAMPLING}
+                                 "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED}
         sim = None
         if mf.SUPERVISION == "sim":
             from .sim import SIMSupervisor
@@ -218,10 +217,16 @@ class MaskFormer(nn.Module):
         return pad_images(images, self.size_divisibility)
 
     def forward_network(self, images: torch.Tensor) -> Dict[str, Any]:
-        """Backbone → pixel decoder → transformer decoder on a padded batch (B, 3, Hp, Wp)."""
+        """Backbone → pixel decoder → transformer decoder on a padded batch (B, 3, Hp, Wp).
+
+        Returns the transformer decoder's outputs (``pred_logits``, ``pred_masks``, ``aux_outputs``) and the
+        pixel decoder's ``mask_features`` (B, D, Hp/4, Wp/4).
+        """
         features = self.backbone(images)
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
-        return self.transformer_decoder(multi_scale_features, mask_features)
+        outputs = self.transformer_decoder(multi_scale_features, mask_features)
+        outputs["mask_features"] = mask_features
+        return outputs
 
     def prepare_targets(
         self, batched_inputs: List[Dict[str, Any]], padded_size: Tuple[int, int]
@@ -289,7 +294,7 @@ class MaskFormer(nn.Module):
         if self.sim is not None:
             self.sim.add_paste_targets(targets, batched_inputs)
             indices = self.criterion.match(outputs, targets)
-            self.sim(images, batched_inputs, targets, indices, self.current_iter)
+            self.sim(images, batched_inputs, targets, indices, self.current_iter, outputs["mask_features"])
         losses = self.criterion(outputs, targets, indices)
         return apply_loss_weights(losses, self.criterion.weight_dict)
 

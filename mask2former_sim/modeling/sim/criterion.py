@@ -1,7 +1,8 @@
 """The loss families SIM adds to :class:`~..criterion.SetCriterion` and the "sim" criterion (SPEC §5-6, Eq. 10).
 
 ``L = L_box + λ1·L_pseudo + λ2·L_paste`` per prediction head, with ``L_box`` = class CE + BoxInst projection and
-pairwise terms on the original (non-pasted) instances, ``L_pseudo`` (Eq. 8) on the same instances against the
+pairwise terms on every instance (pasted ones included, as the official code: a pasted instance's box is the
+tight box of its pasted pixels), ``L_pseudo`` (Eq. 8) on the original (non-pasted) instances against the
 pseudo masks, and ``L_paste`` (Eq. 9) on the pasted instances only against their bank pseudo masks. The families
 read what :class:`~.supervisor.SIMSupervisor` adds to the targets: ``pasted`` (N,), ``pseudo_labels`` /
 ``pseudo_weights`` (N, h, w) (from ``START_ITER`` on), ``paste_masks`` (N, h, w) and ``valid_mask`` (h, w).
@@ -10,13 +11,13 @@ the same keys.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from ..losses.sim import paste_loss, pseudo_mask_loss
 
-__all__ = ["ExcludePasted", "PseudoMaskLoss", "PasteLoss", "build_sim_criterion"]
+__all__ = ["PseudoMaskLoss", "PasteLoss", "build_sim_criterion"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,21 +33,6 @@ def _select(indices: Indices, targets: Sequence[Dict[str, torch.Tensor]], pasted
             keep = flags.to(tgt.device)[tgt] == pasted
         out.append((src[keep], tgt[keep]))
     return out
-
-
-class ExcludePasted:
-    """A loss family applied to the non-pasted instances only (pasted ones get ``L_paste`` alone, SPEC §6)."""
-
-    def __init__(self, family: Any) -> None:
-        self.family = family
-
-    def set_iter(self, iteration: int) -> None:
-        if hasattr(self.family, "set_iter"):
-            self.family.set_iter(iteration)
-
-    def __call__(self, outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]],
-                 indices: Indices, num_masks: float) -> Dict[str, torch.Tensor]:
-        return self.family(outputs, targets, _select(indices, targets, pasted=False), num_masks)
 
 
 def _matched(outputs: Dict[str, torch.Tensor], targets: Sequence[Dict[str, torch.Tensor]], indices: Indices,
@@ -90,7 +76,7 @@ class PasteLoss:
 
 
 def build_sim_criterion(cfg):
-    """SetCriterion for ``SUPERVISION sim``: families labels + boxinst (non-pasted) + pseudo + paste (Eq. 10)."""
+    """SetCriterion for ``SUPERVISION sim``: families labels + boxinst (all instances) + pseudo + paste (Eq. 10)."""
     from ..box_supervision import BoxInstLoss
     from ..criterion import SetCriterion, box_base_weights
 
@@ -100,6 +86,6 @@ def build_sim_criterion(cfg):
         cfg,
         base_weights=base_weights,
         losses=["labels", "boxinst", "pseudo", "paste"],
-        extra_loss_fns={"boxinst": ExcludePasted(BoxInstLoss.from_config(cfg)), "pseudo": PseudoMaskLoss(),
+        extra_loss_fns={"boxinst": BoxInstLoss.from_config(cfg), "pseudo": PseudoMaskLoss(),
                         "paste": PasteLoss()},
     )

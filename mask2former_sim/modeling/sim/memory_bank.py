@@ -1,9 +1,9 @@
 """Online weakly-supervised copy-paste (SIM §3.3, Eq. 9, 11; SPEC §6): the FIFO memory bank and the paste.
 
 :class:`MemoryBank` keeps the last ``MEMORY_LENGTH`` training images of this process with their boxes, classes,
-binary pseudo masks ``M̂'`` (at the mask stride) and mask scores ``S_k`` (Eq. 11). Entries are COPIES on the CPU
-(the official code appended one dict per batch that every later image overwrote). The bank is filled from the
-teacher's pseudo masks once SIM has started. It is NOT saved in checkpoints (100 COCO crops are ~300 MB per
+binary pseudo masks ``M̂'`` at input resolution (compressed RLE, see :func:`encode_masks`) and mask scores ``S_k``
+(Eq. 11). Entries are COPIES on the CPU (the official code appended one dict per batch that every later image
+overwrote). The bank is filled from the teacher's pseudo masks once SIM has started. It is NOT saved in checkpoints (100 COCO crops are ~300 MB per
 process): after ``--resume`` it refills within ``MEMORY_LENGTH / batch`` iterations and pasting resumes as soon as
 it holds one entry, so a resumed run after ``START_ITER`` is not bitwise identical to an uninterrupted one.
 
@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
+import numpy as np
+import pycocotools.mask as mask_util
 import torch
 
 from ..postprocessing import masks_to_boxes
 
-__all__ = ["MemoryBank", "num_instances_to_paste", "sample_instances", "box_raster", "place", "paste_instances"]
+__all__ = ["MemoryBank", "encode_masks", "decode_masks", "num_instances_to_paste", "sample_instances", "box_raster",
+           "place", "paste_instances"]
 
 
 class MemoryBank:
     """FIFO bank of at most ``max_length`` images with their instances.
 
     An entry is ``{"image": uint8 (3, H, W), "padding_mask": bool (H, W), "boxes": (K, 4), "classes": (K,),
-    "masks": bool (K, H/s, W/s), "scores": (K,), "stride": s}``, every tensor a CPU copy.
+    "masks": K compressed RLEs of (H, W) masks (:func:`encode_masks`), "scores": (K,)}``, every tensor a CPU
+    copy.
     """
 
     def __init__(self, max_length: int) -> None:
@@ -41,17 +45,34 @@ class MemoryBank:
         return len(self.entries)
 
     def push(self, entry: Dict[str, Any]) -> None:
-        """Store a copy of ``entry`` (tensors cloned to the CPU); the oldest entry leaves when full."""
+        """Store a copy of ``entry`` (tensors cloned to the CPU, ``masks`` given as a (K, H, W) bool tensor and
+        stored as RLEs); the oldest entry leaves when full."""
         if len(entry["classes"]) == 0:
             return
-        self.entries.append({k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
-                             for k, v in entry.items()})
+        stored = {k: v.detach().to("cpu", copy=True) for k, v in entry.items() if k != "masks"}
+        stored["masks"] = encode_masks(entry["masks"])
+        self.entries.append(stored)
 
     def sample(self, generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
         """A uniformly random entry."""
         if not self.entries:
             raise IndexError("the copy-paste memory bank is empty")
         return self.entries[int(torch.randint(len(self.entries), (), generator=generator))]
+
+
+def encode_masks(masks: torch.Tensor) -> List[Dict[str, Any]]:
+    """(K, H, W) bool → K COCO compressed RLEs (a 1024² mask takes a few KB instead of 1 MB)."""
+    array = np.asfortranarray(masks.detach().cpu().numpy().transpose(1, 2, 0).astype(np.uint8))
+    return mask_util.encode(array)
+
+
+def decode_masks(rles: List[Dict[str, Any]], indices: torch.Tensor) -> torch.Tensor:
+    """The masks ``rles[i]`` for ``i`` in ``indices`` as a (len(indices), H, W) bool tensor."""
+    chosen = [rles[i] for i in indices.tolist()]
+    height, width = chosen[0]["size"] if chosen else rles[0]["size"]
+    if not chosen:
+        return torch.zeros(0, height, width, dtype=torch.bool)
+    return torch.from_numpy(mask_util.decode(chosen).transpose(2, 0, 1).astype(bool))
 
 
 def num_instances_to_paste(num: int, fraction: float, min_inst: int, max_inst: int) -> int:
@@ -105,10 +126,7 @@ def paste_instances(
         instances clipped to nothing are dropped; their boxes are the tight boxes of their pasted pixels.
     """
     height, width = image.shape[-2:]
-    stride = int(entry["stride"])
-    masks = entry["masks"][chosen].bool()
-    masks = masks.repeat_interleave(stride, dim=-2).repeat_interleave(stride, dim=-1)
-    masks = place(masks, height, width, False)
+    masks = place(decode_masks(entry["masks"], chosen), height, width, False)
     source_valid = ~place(entry["padding_mask"].bool(), height, width, True)
     masks &= source_valid & ~padding_mask.bool()
     nonempty = masks.flatten(1).any(1)

@@ -7,10 +7,12 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 - :func:`instance_map` — ``M_I = Σ_p w_p·σ(m_p)``.
 - :func:`instance_maps` — both of the above for every GT of an image in one pass (the positives of all GTs
   stacked, grouped by GT); the training path, checked against the per-GT functions.
-- :func:`fuse_maps` — Eq. 7, ``M̂_prob = ((1 − α)·M_S + α·M_I)·B`` (B: the GT box mask; outside the box is
-  certain background for this instance).
+- :func:`fuse_maps` — Eq. 7, ``M̂_prob = (1 − α)·M_S + α·M_I``.
 - :func:`threshold_pseudo_mask` — labels 1 where ``M̂_prob ≥ τ_high``, 0 where ``≤ τ_low``; weight 0 in between
-  and on padding.
+  and outside the supervised region (the GT box minus padding: the official code ignores pixels outside the
+  box, which the projection term already pushes to background).
+- :func:`full_resolution_pseudo_masks` — ``M̂`` at input resolution for the copy-paste bank (M̂_prob
+  upsampled bilinearly, thresholded, restricted to the box region at input resolution).
 - :func:`dynamic_tau_high` — the official code's per-instance τ_high (option).
 - :func:`mask_score` — Eq. 11, ``S_k = mean(M̂_prob over M̂ = 1)`` (copy-paste importance).
 - :func:`gather_positives` — the (head, query) pairs the student's Hungarian matching assigned to each GT.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from ..postprocessing import masks_to_boxes
@@ -31,6 +34,7 @@ __all__ = [
     "instance_maps",
     "fuse_maps",
     "threshold_pseudo_mask",
+    "full_resolution_pseudo_masks",
     "dynamic_tau_high",
     "mask_score",
     "gather_positives",
@@ -97,20 +101,13 @@ def instance_maps(
     return weights, mask_probs.new_zeros(num_gts, h, w).index_add(0, group, weighted)
 
 
-def fuse_maps(semantic: torch.Tensor, instance: torch.Tensor, box_mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Eq. 7 (self-correction): ``M̂_prob = ((1 − α)·M_S + α·M_I)·B``.
-
-    Args:
-        semantic: (..., h, w) M_S.
-        instance: (..., h, w) M_I.
-        box_mask: (..., h, w) GT box mask in {0, 1}.
-        alpha: modulation intensity α (SIM: 0.5).
-    """
-    return ((1.0 - alpha) * semantic + alpha * instance) * box_mask
+def fuse_maps(semantic: torch.Tensor, instance: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 7 (self-correction): ``M̂_prob = (1 − α)·M_S + α·M_I``, (..., h, w) maps; α = 0.5 in SIM."""
+    return (1.0 - alpha) * semantic + alpha * instance
 
 
 def threshold_pseudo_mask(
-    prob: torch.Tensor, tau_low: float, tau_high: torch.Tensor | float, valid: torch.Tensor
+    prob: torch.Tensor, tau_low: float, tau_high: torch.Tensor | float, region: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pseudo labels M̂ and the weight map W of Eq. 8.
 
@@ -118,16 +115,40 @@ def threshold_pseudo_mask(
         prob: (..., h, w) M̂_prob.
         tau_low: pixels ``≤ τ_low`` are background (SIM Table 7: 0.3).
         tau_high: pixels ``≥ τ_high`` are foreground (0.7); a float or a (...,) tensor (one per instance).
-        valid: (h, w) or (..., h, w) bool, False on padding.
+        region: (..., h, w) bool, the supervised pixels: inside the GT box and not padding.
 
     Returns:
-        labels (..., h, w) float in {0, 1} and weights (..., h, w) float in {0, 1}.
+        labels (..., h, w) float, 1 where ``M̂_prob ≥ τ_high`` inside ``region``, else 0; weights (..., h, w)
+        float, 1 inside ``region`` where ``M̂_prob ≤ τ_low`` or ``≥ τ_high``, 0 elsewhere (ignored).
     """
     if isinstance(tau_high, torch.Tensor):
         tau_high = tau_high.to(prob)[..., None, None]
-    foreground = prob >= tau_high
-    certain = foreground | (prob <= tau_low)
-    return foreground.float(), (certain & valid).float()
+    foreground = (prob >= tau_high) & region
+    certain = foreground | ((prob <= tau_low) & region)
+    return foreground.float(), certain.float()
+
+
+def full_resolution_pseudo_masks(
+    prob: torch.Tensor, tau_high: torch.Tensor, region: torch.Tensor, stride: int
+) -> torch.Tensor:
+    """M̂ at input resolution: ``up(M̂_prob) ≥ τ_high`` inside ``region``, for the copy-paste bank (SPEC §6).
+
+    ``up`` is the bilinear ×``stride`` upsampling that inference applies to mask logits (cell ``i`` centred on
+    input pixel ``stride·i + (stride − 1)/2``), so a pasted instance has the pseudo mask's outline at input
+    resolution, not ``stride``×``stride`` blocks.
+
+    Args:
+        prob: (K, h, w) M̂_prob at the mask stride.
+        tau_high: (K,) per-instance τ_high.
+        region: (K, H, W) bool at input resolution (box raster, minus occluders and padding), H ≤ h·stride.
+        stride: mask stride.
+
+    Returns:
+        (K, H, W) bool.
+    """
+    height, width = region.shape[-2:]
+    up = F.interpolate(prob[None].float(), scale_factor=stride, mode="bilinear", align_corners=False)[0]
+    return (up[:, :height, :width] >= tau_high.to(up)[:, None, None]) & region
 
 
 def dynamic_tau_high(

@@ -7,8 +7,9 @@ One training iteration (SPEC §5-6):
    the pasted instances' masks and carves the pasted pixels out of the occluded originals' box masks.
 3. the student's Hungarian matching at every head (``SetCriterion.match``).
 4. :meth:`forward` — the teacher forward (no grad), the pseudo masks of every original GT (Eq. 1, 6, 7) added to
-   the targets from ``START_ITER`` on, the bank filled with them, and the prototype update (Eq. 2-5) every
-   iteration (before ``START_ITER`` from the pixels with ``M_I > INSTANCE_MAP_THRESH`` inside the box).
+   the targets from ``START_ITER`` on, the bank filled with them (at input resolution), and the prototype
+   update (Eq. 2-5) every iteration from the student's features at the pseudo-foreground pixels (before
+   ``START_ITER`` the pixels with ``M_I > INSTANCE_MAP_THRESH`` inside the box).
 5. the losses (:mod:`.criterion`), then after the optimizer step :meth:`update_teacher` (EMA).
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..criterion import prediction_heads
-from .memory_bank import MemoryBank, num_instances_to_paste, paste_instances, place, sample_instances
+from .memory_bank import MemoryBank, box_raster, num_instances_to_paste, paste_instances, place, sample_instances
 from .prototypes import PrototypeBank, semantic_map
 from .pseudo_masks import (
     dynamic_tau_high,
+    full_resolution_pseudo_masks,
     fuse_maps,
     gather_positives,
     instance_maps,
@@ -191,8 +193,9 @@ class SIMSupervisor(nn.Module):
         """Eq. 1, 6, 7 for every non-pasted GT of every image.
 
         Returns:
-            per image ``{"gt": (K,) GT indices, "semantic", "instance", "prob", "labels", "weights": (K, h, w),
-            "tau_high": (K,), "positives": K lists of (head, query, weight), "features": (D, h, w)}``.
+            per image ``{"gt": (K,) GT indices, "semantic", "instance", "prob", "labels", "weights", "region"
+            (box ∧ ¬padding), "box_masks": (K, h, w), "tau_high": (K,), "positives": K lists of (head, query,
+            weight)}``.
         """
         heads = [head for _, head in prediction_heads(teacher_outputs)][: len(indices_per_head)]
         head_ids = list(range(len(heads))) if self.positives == "all_heads" else [0]
@@ -221,28 +224,34 @@ class SIMSupervisor(nn.Module):
             box_masks = target["box_masks"][gts].float()
             classes, class_row = target["labels"][gts].unique(return_inverse=True)  # one map per class present
             sem = semantic_map(features[b], protos[classes], self.proto_temperature)[class_row]
-            prob = fuse_maps(sem, inst, box_masks, self.alpha)
+            prob = fuse_maps(sem, inst, self.alpha)
             if self.dynamic_tau_high:
                 tau_high = dynamic_tau_high(prob, inst, box_masks, self.instance_map_thresh, *self.dynamic_tau_range)
             else:
                 tau_high = prob.new_full((len(gts),), self.tau_high)
-            labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, valid)
+            region = (box_masks > 0) & valid  # outside its box a pixel is ignored by the pseudo loss (SPEC §5)
+            labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
             results.append({"gt": gts, "semantic": sem, "instance": inst, "prob": prob, "labels": labels,
                             "weights": weights, "tau_high": tau_high, "positives": positives,
-                            "features": features[b], "valid": valid, "box_masks": box_masks})
+                            "region": region, "box_masks": box_masks})
         return results
 
     @torch.no_grad()
     def forward(
         self, images: torch.Tensor, batched_inputs: List[Dict[str, Any]], targets: List[Dict[str, torch.Tensor]],
-        indices_per_head: Sequence[Indices], iteration: int,
+        indices_per_head: Sequence[Indices], iteration: int, student_features: torch.Tensor,
     ) -> None:
-        """Teacher forward, pseudo masks into ``targets`` (from START_ITER), bank push, prototype update."""
+        """Teacher forward, pseudo masks into ``targets`` (from START_ITER), bank push, prototype update.
+
+        ``student_features`` (B, D, h, w) are the student's ``mask_features`` Z: the prototypes' centroids
+        (Eq. 2-5) come from Z, the semantic map M_S (Eq. 1) from the teacher's Z' (Fig. 2; the official code).
+        """
         teacher_outputs = self.teacher(images)
         results = self.pseudo_masks(teacher_outputs, targets, indices_per_head)
         started = self.started(iteration)
         if self.log_period > 0 and (iteration + 1) % self.log_period == 0:
             self._log_stats(targets, results, iteration)
+        student_features = F.normalize(student_features.detach().float(), dim=1)
         pixel_sets = []
         for b, (target, res) in enumerate(zip(targets, results)):
             gts, labels = res["gt"], res["labels"]
@@ -255,11 +264,11 @@ class SIMSupervisor(nn.Module):
                 foreground = labels > 0
                 self._push_to_bank(batched_inputs[b], target, res)
             else:
-                foreground = (res["instance"] > self.instance_map_thresh) & (res["box_masks"] > 0) & res["valid"]
+                foreground = (res["instance"] > self.instance_map_thresh) & res["region"]
             classes = target["labels"][gts]
             for c in classes.unique().tolist():
-                region = foreground[classes == c].any(0)
-                pixel_sets.append((c, res["features"][:, region].T))
+                pixels = foreground[classes == c].any(0)
+                pixel_sets.append((c, student_features[b][:, pixels].T))
         self.prototypes.update(pixel_sets)
 
     def _log_stats(self, targets: List[Dict[str, torch.Tensor]], results: List[Dict[str, Any]],
@@ -286,20 +295,28 @@ class SIMSupervisor(nn.Module):
                     "pseudo and paste losses on" if self.started(iteration) else "warm-up: box losses only")
 
     def _push_to_bank(self, x: Dict[str, Any], target: Dict[str, torch.Tensor], res: Dict[str, Any]) -> None:
+        """Store the image with its instances that have pseudo foreground, their pseudo masks at input resolution
+        (inside the box raster, minus pasted occluders and padding) and their scores (Eq. 11)."""
         if self.bank is None:
             return
-        foreground = res["labels"] > 0
-        keep = foreground.flatten(1).any(1)
+        keep = res["labels"].flatten(1).any(1)
         if not bool(keep.any()):
             return
         gts = res["gt"][keep]
         image = x["image"]
+        height, width = image.shape[-2:]
         padding = x.get("padding_mask")
-        padding = torch.zeros(image.shape[-2:], dtype=torch.bool) if padding is None else padding.bool()
+        padding = torch.zeros(height, width, dtype=torch.bool) if padding is None else padding.bool()
+        region = box_raster(target["boxes"][gts].cpu(), height, width) & ~padding.cpu()
+        occlusion = x["instances"].get("paste_occlusion")
+        if occlusion is not None:
+            region &= ~occlusion.cpu().bool()
+        masks = full_resolution_pseudo_masks(res["prob"][keep].cpu(), res["tau_high"][keep].cpu(), region,
+                                             self.stride)
         self.bank.push({
             "image": image, "padding_mask": padding, "boxes": target["boxes"][gts],
-            "classes": target["labels"][gts], "masks": foreground[keep],
-            "scores": mask_score(res["prob"][keep], res["labels"][keep]), "stride": self.stride,
+            "classes": target["labels"][gts], "masks": masks,
+            "scores": mask_score(res["prob"][keep], res["labels"][keep]),
         })
 
     def extra_repr(self) -> str:
