@@ -12,7 +12,6 @@ from mask2former_sim.modeling import build_model
 from mask2former_sim.modeling.box_supervision import (
     BoxInstLoss,
     BoxProjectionCost,
-    MaskBoxCost,
     add_box_targets,
     pairwise_warmup_factor,
 )
@@ -76,13 +75,11 @@ def test_box_matchers_equal_brute_force(q, n):
         boxes.append([x1, y1, x1 + 4 + torch.randint(0, 8, (1,), generator=gen).item(), y1 + 6])
     target = _box_target(boxes, torch.randint(0, 3, (n,), generator=gen).tolist())
     outputs = {"pred_logits": torch.randn(1, q, 4, generator=gen), "pred_masks": torch.randn(1, q, 8, 8, generator=gen) * 4}
-    for cost in (BoxProjectionCost(cost_class=2.0, cost_projection=5.0, cost_pairwise=1.0),
-                 MaskBoxCost(cost_class=2.0, cost_l1=5.0, cost_giou=2.0)):
-        matcher = HungarianMatcher(cost=cost)
-        c = matcher.cost_matrix({k: v[0] for k, v in outputs.items()}, target).double().numpy()
-        (rows, cols), = matcher(outputs, [target])
-        assert len(rows) == min(q, n)
-        assert c[rows.numpy(), cols.numpy()].sum() == pytest.approx(_brute_force_min(c), abs=1e-6)
+    matcher = HungarianMatcher(cost=BoxProjectionCost(cost_class=2.0, cost_projection=5.0))
+    c = matcher.cost_matrix({k: v[0] for k, v in outputs.items()}, target).double().numpy()
+    (rows, cols), = matcher(outputs, [target])
+    assert len(rows) == min(q, n)
+    assert c[rows.numpy(), cols.numpy()].sum() == pytest.approx(_brute_force_min(c), abs=1e-6)
 
 
 def test_box_matchers_survive_nonfinite_logits():
@@ -92,10 +89,9 @@ def test_box_matchers_survive_nonfinite_logits():
     masks[0, 1] = float("inf")
     logits = torch.randn(1, 3, 3)
     logits[0, 2] = float("nan")
-    for cost in (BoxProjectionCost(cost_class=2.0, cost_projection=5.0, cost_pairwise=5.0),
-                 MaskBoxCost(cost_class=2.0, cost_l1=5.0, cost_giou=2.0)):
-        (rows, cols), = HungarianMatcher(cost=cost)({"pred_logits": logits, "pred_masks": masks}, [target])
-        assert sorted(cols.tolist()) == [0, 1]
+    cost = BoxProjectionCost(cost_class=2.0, cost_projection=5.0)
+    (rows, cols), = HungarianMatcher(cost=cost)({"pred_logits": logits, "pred_masks": masks}, [target])
+    assert sorted(cols.tolist()) == [0, 1]
 
 
 def test_boxinst_loss_matches_hand_assembly():

@@ -125,7 +125,7 @@ def test_cpu_box_config_builds_a_box_model():
     model = build_model(cfg)
     assert model.supervision == "box"
     assert model.box_target_kwargs == {"stride": 4, "kernel_size": 3, "dilation": 2, "theta": 2.0,
-                                       "bottom_pixels_removed": 0, "color_sampling": "avg_pool"}
+                                       "bottom_pixels_removed": 0}
     criterion = model.criterion
     assert criterion.losses == ["labels", "boxinst"]
     assert isinstance(criterion.loss_fns["boxinst"], BoxInstLoss)

@@ -100,3 +100,27 @@ def test_builtin_synthetic_generated_on_first_use(tmp_path, monkeypatch):
     os.remove(tmp_path / "synthetic" / "generation.json")
     with pytest.raises(FileExistsError, match="generation.json"):
         catalog.get_dataset_dicts("synthetic_val")
+
+
+def test_flat_control_set_satisfies_boxinst_assumptions():
+    # synthetic_flat: one-colour background, flat distinct object colours, no noise, no touching, 40-80 px objects
+    cfg = synthetic.BUILTIN_SYNTHETIC["synthetic_flat"]
+    assert (cfg.min_radius * cfg.size, cfg.max_radius * cfg.size) == (20.0, 40.0)  # discs 40-80 px wide
+    for i in range(15):
+        image, inst = render_image(cfg, np.random.default_rng([cfg.seed, 0, i]))
+        labels = np.full(image.shape[:2], -1)
+        for k, (_, m) in enumerate(inst):
+            labels[m] = k
+        assert len(np.unique(image[labels == -1].reshape(-1, 3), axis=0)) == 1  # flat background
+        colours = [np.unique(image[labels == k].reshape(-1, 3), axis=0) for k in range(len(inst))]
+        assert all(len(c) == 1 for c in colours)  # flat objects: no stripes, no noise
+        for a in range(len(colours)):  # colours far apart (rounded from >= 90 in RGB)
+            for b in range(a + 1, len(colours)):
+                assert np.linalg.norm(colours[a][0].astype(float) - colours[b][0]) >= 0.8 * 90 - 1
+    assert cfg.touch_prob == 0.0
+    # the default set is unchanged by the control-set options (their defaults draw nothing extra)
+    default = SyntheticConfig(size=64)
+    a, _ = render_image(default, np.random.default_rng([0, 0, 3]))
+    b, _ = render_image(SyntheticConfig(size=64, background="textured", square_stripes=True, min_color_distance=0.0),
+                        np.random.default_rng([0, 0, 3]))
+    assert np.array_equal(a, b)

@@ -121,20 +121,14 @@ _C.MODEL.BOXINST.PAIRWISE.SIZE = 3  # neighbourhood kernel (3x3 → 8 neighbours
 _C.MODEL.BOXINST.PAIRWISE.DILATION = 2  # neighbourhood dilation (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.COLOR_THRESH = 0.3  # an edge counts when its colour similarity is at least this (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.THETA = 2.0  # similarity exp(-||dLab|| / THETA) (BoxInst)
-# "center": a cell on a sharp object border takes one side's colour instead of a mix (box masks are sampled there)
-_C.MODEL.BOXINST.PAIRWISE.COLOR_SAMPLING = "avg_pool"  # cell colour: "avg_pool" (BoxInst 4x4 mean) or "center"
 _C.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS = 10000  # linear warm-up of the pairwise weight (BoxInst)
 # > 0: projection only until the masks fill their boxes, so that the pairwise term (which only asks neighbours to
 # agree) fills the interiors instead of emptying them; measured: 400 of 800 on the CPU synthetic set gives 15.0
 # (0.0 from 0, 20.4 without the term)
 _C.MODEL.BOXINST.PAIRWISE.START_ITER = 0  # the pairwise warm-up starts here (BoxInst: 0)
 _C.MODEL.BOXINST.MATCHER = _FvCfgNode()
-_C.MODEL.BOXINST.MATCHER.NAME = "projection"  # "projection" (class + projection dice) or "mask_box" (L1 + GIoU)
 _C.MODEL.BOXINST.MATCHER.COST_CLASS = 2.0  # weight of -p_cls in the box matching cost
 _C.MODEL.BOXINST.MATCHER.COST_PROJECTION = 5.0  # weight of the batched projection-dice cost
-_C.MODEL.BOXINST.MATCHER.COST_PAIRWISE = 0.0  # weight of the optional pairwise cost (BM2F: 5 x warm-up)
-_C.MODEL.BOXINST.MATCHER.COST_L1 = 5.0  # "mask_box" matcher: L1 between mask box and GT box (normalised)
-_C.MODEL.BOXINST.MATCHER.COST_GIOU = 2.0  # "mask_box" matcher: -GIoU between mask box and GT box
 
 # SIM (Li et al., CVPR 2023) on top of BoxInst-M2F (SUPERVISION "sim"); SPEC §5-6, §10
 _C.MODEL.SIM = _FvCfgNode()

@@ -19,6 +19,8 @@ Built-in names and where they look (environment variables are read when a name i
 ``synthetic_{train,val}``                 generated on first use into ``$M2F_SIM_DATASETS/synthetic``
 ``synthetic_lowcontrast_{train,val}``     the same with object colours close to the background,
                                           ``$M2F_SIM_DATASETS/synthetic_lowcontrast`` (default ``<repo>/datasets``)
+``synthetic_flat_{train,val}``            the control set: flat-coloured 40-80 px objects on a flat background,
+                                          no noise, stripes or touching (``$M2F_SIM_DATASETS/synthetic_flat``)
 ========================================  =====================================================================
 
 Any other COCO-format set: :func:`register_coco_instances`, or ``DATASETS.REGISTER`` /

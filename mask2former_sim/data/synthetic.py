@@ -5,7 +5,10 @@ few objects of four classes with distinct shapes (disc, square, triangle, ring; 
 Same-class objects are often placed touching or overlapping a previous one and then usually share its
 colour, so only the shape separates them. Later objects occlude earlier ones and each mask is the visible
 part; a placement that would leave an earlier object nearly hidden is redrawn. ``color_similarity`` moves
-object colours towards the background mean (0 = distinct, 1 = the same colour).
+object colours towards the background mean (0 = distinct, 1 = the same colour). The built-in
+``synthetic_flat`` variant is the control case of box supervision: one-colour backgrounds, flat objects
+40-80 px wide with mutually distinct colours, no stripes, no pixel noise and no touching, so that colour
+similarity separates objects exactly as BoxInst's pairwise term assumes.
 
 Images are PNG, annotations COCO json with compressed-RLE masks, ``bbox`` the tight box of the visible mask.
 Every image is drawn from its own generator seeded by ``(seed, split, index)``: the output is byte-identical
@@ -21,7 +24,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -54,11 +57,19 @@ class SyntheticConfig:
     share_color_prob: float = 0.7  # probability that such a neighbour takes the same colour
     min_visible_fraction: float = 0.4  # an earlier object must keep this fraction of its area visible
     min_area_fraction: float = 0.002  # smallest visible area kept, as a fraction of the image area
+    background: str = "textured"  # "textured" (stripes, checks, smooth noise or a gradient) or "flat" (one colour)
+    square_stripes: bool = True  # squares painted with stripes (tone 0.7, period 6 px); False: flat like the rest
+    min_color_distance: float = 0.0  # an object's colour at least this far (RGB) from every earlier object's
 
 
 BUILTIN_SYNTHETIC: Dict[str, SyntheticConfig] = {
     "synthetic": SyntheticConfig(),
     "synthetic_lowcontrast": SyntheticConfig(seed=1, color_similarity=0.8),
+    # the control set where BoxInst's assumption holds (similar colour <=> same object): flat-coloured objects
+    # 40-80 px wide on a flat background, no stripes, no pixel noise, no touching, distinct colours
+    "synthetic_flat": SyntheticConfig(seed=2, min_objects=1, max_objects=4, min_radius=20 / 128,
+                                      max_radius=40 / 128, min_noise=0.0, max_noise=0.0, touch_prob=0.0,
+                                      background="flat", square_stripes=False, min_color_distance=90.0),
 }
 
 
@@ -85,7 +96,9 @@ def shape_mask(cls: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
 def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """One image ``(S, S, 3)`` uint8 and its instances ``[(class, visible bool mask (S, S))]``."""
     s = cfg.size
-    image, bg_mean = _background(rng, s)
+    if cfg.background not in ("textured", "flat"):
+        raise ValueError(f"SyntheticConfig.background must be 'textured' or 'flat', got {cfg.background!r}")
+    image, bg_mean = _background(rng, s, cfg.background == "flat")
     labels = np.full((s, s), -1, dtype=np.int32)
     objects: List[Dict[str, Any]] = []
     visible: List[int] = []
@@ -102,12 +115,13 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> Tuple[np.nda
             left = [vis - int(n) for vis, n in zip(visible, lost)]
             if all(a >= max(min_area, cfg.min_visible_fraction * o["area"]) for a, o in zip(left, objects)):
                 labels[win][full] = len(objects)
-                _paint(image[win], full, obj, u, v)
+                _paint(image[win], full, obj, u, v, cfg.square_stripes)
                 visible = left + [int(full.sum())]
                 objects.append(obj)
                 break
-    image += rng.standard_normal(size=image.shape, dtype=np.float32) * np.float32(rng.uniform(cfg.min_noise,
-                                                                                              cfg.max_noise))
+    if cfg.max_noise > 0:
+        noise = rng.standard_normal(size=image.shape, dtype=np.float32)
+        image += noise * np.float32(rng.uniform(cfg.min_noise, cfg.max_noise))
     instances = [(o["cls"], labels == i) for i, o in enumerate(objects)]
     return np.clip(np.round(image), 0, 255).astype(np.uint8), instances
 
@@ -200,10 +214,13 @@ def ensure_synthetic_dataset(out_dir: str, variant: str = "synthetic") -> None:
         logger.info("another process generated %s first", out_dir)
 
 
-def _background(rng: np.random.Generator, s: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Textured background ``(S, S, 3)`` float32 and its mean colour."""
+def _background(rng: np.random.Generator, s: int, flat: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Textured (or, with ``flat``, one-colour) background ``(S, S, 3)`` float32 and its mean colour."""
     ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
     c1 = rng.uniform(30, 225, size=3)
+    if flat:
+        image = np.broadcast_to(c1.astype(np.float32), (s, s, 3)).copy()
+        return image, c1
     c2 = np.clip(c1 + rng.choice([-1, 1], size=3) * rng.uniform(25, 70, size=3), 0, 255)
     kind = int(rng.integers(4))
     if kind == 0:
@@ -241,18 +258,21 @@ def _propose(cfg: SyntheticConfig, rng: np.random.Generator, objects: List[Dict[
         r = rng.uniform(cfg.min_radius, cfg.max_radius) * s
         cx, cy = rng.uniform(0, s, size=2)
         cls = int(rng.integers(len(CLASSES)))
-        base = _object_colour(rng, bg_mean)
+        base = _object_colour(rng, bg_mean, [o["base"] for o in objects], cfg.min_color_distance)
     colour = (1 - cfg.color_similarity) * base + cfg.color_similarity * bg_mean
     area = {0: np.pi, 1: 2.56, 2: 0.75 * np.sqrt(3) * 1.44, 3: np.pi * (1 - 0.55 ** 2)}[cls] * r * r
     return {"cls": cls, "cx": float(cx), "cy": float(cy), "r": float(r), "theta": float(rng.uniform(0, 2 * np.pi)),
             "base": base, "colour": colour, "area": float(area)}
 
 
-def _object_colour(rng: np.random.Generator, bg_mean: np.ndarray) -> np.ndarray:
-    """A colour at least 90 (RGB distance) from the background mean when one is found in 20 draws."""
+def _object_colour(rng: np.random.Generator, bg_mean: np.ndarray, others: Sequence[np.ndarray] = (),
+                   min_distance: float = 0.0) -> np.ndarray:
+    """A colour at least 90 (RGB distance) from the background mean and ``min_distance`` from each of
+    ``others``, when one is found in 20 draws."""
     colour = rng.uniform(0, 255, size=3)
     for _ in range(20):
-        if np.linalg.norm(colour - bg_mean) >= 90:
+        far_from_others = all(np.linalg.norm(colour - o) >= min_distance for o in others) if min_distance else True
+        if np.linalg.norm(colour - bg_mean) >= 90 and far_from_others:
             break
         colour = rng.uniform(0, 255, size=3)
     return colour
@@ -269,9 +289,10 @@ def _object_window(obj: Dict[str, Any], s: int) -> Tuple[Tuple[slice, slice], np
     return (slice(y0, y1), slice(x0, x1)), dx * c + dy * sn, -dx * sn + dy * c
 
 
-def _paint(image: np.ndarray, mask: np.ndarray, obj: Dict[str, Any], u: np.ndarray, v: np.ndarray) -> None:
-    """Fill ``mask`` with the object's colour; squares get stripes (tone 0.7) of period 6 px."""
-    if obj["cls"] == 1:
+def _paint(image: np.ndarray, mask: np.ndarray, obj: Dict[str, Any], u: np.ndarray, v: np.ndarray,
+           square_stripes: bool = True) -> None:
+    """Fill ``mask`` with the object's colour; squares get stripes (tone 0.7) of period 6 px (``square_stripes``)."""
+    if obj["cls"] == 1 and square_stripes:
         tone = np.where((np.floor(u / 3.0) % 2) == 0, 1.0, 0.7).astype(np.float32)
         image[mask] = tone[mask][:, None] * obj["colour"]
     else:

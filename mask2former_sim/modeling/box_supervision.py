@@ -2,8 +2,7 @@
 
 - :func:`add_box_targets` — per image, the GT box masks at the mask stride and the colour similarity of the
   image's pixels with their neighbours (computed once per batch, reused by every head and by the matcher).
-- :class:`BoxProjectionCost` — matching without masks: ``w_cls·(−p_cls) + w_proj·cost_proj (+ w_pair·cost_pair)``.
-- :class:`MaskBoxCost` — the alternative matcher: L1 + GIoU between the box of the binarised mask and the GT box.
+- :class:`BoxProjectionCost` — matching without masks: ``w_cls·(−p_cls) + w_proj·cost_proj``.
 - :class:`BoxInstLoss` — the ``"boxinst"`` loss family of :class:`~.criterion.SetCriterion`: projection and
   pairwise terms on the full stride-4 masks of the matched queries.
 """
@@ -14,20 +13,17 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from .losses.boxinst import (
-    batch_mask_box_cost,
     batch_projection_dice_cost,
     boxes_to_stride_masks,
     compute_pairwise_term,
     compute_project_term,
     images_color_similarity,
-    pairwise_log_same_prob,
 )
 
 __all__ = [
     "add_box_targets",
     "pairwise_warmup_factor",
     "BoxProjectionCost",
-    "MaskBoxCost",
     "build_box_matching_cost",
     "BoxInstLoss",
 ]
@@ -70,7 +66,6 @@ def add_box_targets(
     dilation: int,
     theta: float,
     bottom_pixels_removed: int = 0,
-    color_sampling: str = "avg_pool",
 ) -> None:
     """Add ``box_masks`` (N, Hp/s, Wp/s) and ``color_similarity`` (k²−1, Hp/s, Wp/s) to every target, in place.
 
@@ -83,100 +78,39 @@ def add_box_targets(
         raise ValueError(f"padded input {hp}x{wp} must be divisible by MODEL.BOXINST.MASK_STRIDE = {stride}")
     valid = ~torch.stack([t["padding_mask"] for t in targets])
     valid = _remove_bottom_rows(valid, bottom_pixels_removed)
-    similarity = images_color_similarity(raw_images, valid, stride, kernel_size, dilation, theta, color_sampling)
+    similarity = images_color_similarity(raw_images, valid, stride, kernel_size, dilation, theta)
     for target, sim in zip(targets, similarity):
         target["box_masks"] = boxes_to_stride_masks(target["boxes"], hp, wp, stride)
         target["color_similarity"] = sim
 
 
-def _pairwise_cost(
-    mask_logits: torch.Tensor, similarity: torch.Tensor, box_masks: torch.Tensor, color_thresh: float,
-    kernel_size: int, dilation: int,
-) -> torch.Tensor:
-    """(Q, N): mean pairwise loss of query q over the edges that count for GT k (BM2F's pairwise cost)."""
-    loss = -pairwise_log_same_prob(mask_logits, kernel_size, dilation)  # (Q, E, h, w)
-    edges = (similarity[None] >= color_thresh).float() * box_masks[:, None]  # (N, E, h, w)
-    return torch.einsum("qehw,nehw->qn", loss, edges) / edges.flatten(1).sum(1).clamp_min(1.0)[None]
-
-
 class BoxProjectionCost:
     """Box-supervised matching cost of one image (SPEC §3).
 
-    ``C = w_cls·(−softmax(logits)[:, tgt]) + w_proj·cost_proj + w_pair·warmup·cost_pair``, with ``cost_proj``
-    the batched projection dice of each query's stride-4 mask against each GT box mask.
+    ``C = w_cls·(−softmax(logits)[:, tgt]) + w_proj·cost_proj``, with ``cost_proj`` the batched projection dice
+    of each query's stride-4 mask against each GT box mask.
     """
 
-    def __init__(
-        self, *, cost_class: float, cost_projection: float, cost_pairwise: float = 0.0, color_thresh: float = 0.3,
-        kernel_size: int = 3, dilation: int = 2, warmup_iters: int = 0, start_iter: int = 0,
-    ) -> None:
+    def __init__(self, *, cost_class: float, cost_projection: float) -> None:
         self.cost_class = cost_class
         self.cost_projection = cost_projection
-        self.cost_pairwise = cost_pairwise
-        self.color_thresh = color_thresh
-        self.kernel_size = kernel_size
-        self.dilation = dilation
-        self.warmup_iters = warmup_iters
-        self.start_iter = start_iter
-        self.current_iter = 0
 
     @classmethod
     def from_config(cls, cfg) -> "BoxProjectionCost":
         bi = cfg.MODEL.BOXINST
-        return cls(
-            cost_class=bi.MATCHER.COST_CLASS, cost_projection=bi.MATCHER.COST_PROJECTION,
-            cost_pairwise=bi.MATCHER.COST_PAIRWISE, color_thresh=bi.PAIRWISE.COLOR_THRESH,
-            kernel_size=bi.PAIRWISE.SIZE, dilation=bi.PAIRWISE.DILATION, warmup_iters=bi.PAIRWISE.WARMUP_ITERS,
-            start_iter=bi.PAIRWISE.START_ITER,
-        )
-
-    def set_iter(self, iteration: int) -> None:
-        self.current_iter = int(iteration)
+        return cls(cost_class=bi.MATCHER.COST_CLASS, cost_projection=bi.MATCHER.COST_PROJECTION)
 
     def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Args: ``pred_logits`` (Q, K+1), ``pred_masks`` (Q, h, w); target ``labels``, ``box_masks`` (N, h, w),
-        ``color_similarity`` (E, h, w). Returns the (Q, N) fp32 cost."""
-        mask_logits = outputs_b["pred_masks"].float()
+        """Args: ``pred_logits`` (Q, K+1), ``pred_masks`` (Q, h, w); target ``labels``, ``box_masks`` (N, h, w).
+        Returns the (Q, N) fp32 cost."""
         cost = -self.cost_class * outputs_b["pred_logits"].float().softmax(-1)[:, target_b["labels"]]
-        cost = cost + self.cost_projection * batch_projection_dice_cost(mask_logits, target_b["box_masks"])
-        factor = pairwise_warmup_factor(self.current_iter, self.warmup_iters, self.start_iter)
-        if self.cost_pairwise > 0 and factor > 0:
-            pair = _pairwise_cost(mask_logits, target_b["color_similarity"], target_b["box_masks"],
-                                  self.color_thresh, self.kernel_size, self.dilation)
-            cost = cost + self.cost_pairwise * factor * pair
-        return cost
+        return cost + self.cost_projection * batch_projection_dice_cost(outputs_b["pred_masks"].float(),
+                                                                        target_b["box_masks"])
 
 
-class MaskBoxCost:
-    """Alternative box matching cost: ``w_cls·(−p_cls) + w_L1·L1 + w_GIoU·(−GIoU)`` on the mask-derived box."""
-
-    def __init__(self, *, cost_class: float, cost_l1: float, cost_giou: float, stride: int = 4) -> None:
-        self.cost_class = cost_class
-        self.cost_l1 = cost_l1
-        self.cost_giou = cost_giou
-        self.stride = stride
-
-    @classmethod
-    def from_config(cls, cfg) -> "MaskBoxCost":
-        bi = cfg.MODEL.BOXINST
-        return cls(cost_class=bi.MATCHER.COST_CLASS, cost_l1=bi.MATCHER.COST_L1, cost_giou=bi.MATCHER.COST_GIOU,
-                   stride=bi.MASK_STRIDE)
-
-    def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: Dict[str, torch.Tensor]) -> torch.Tensor:
-        mask_logits = outputs_b["pred_masks"].float()
-        h, w = mask_logits.shape[-2:]
-        cost = -self.cost_class * outputs_b["pred_logits"].float().softmax(-1)[:, target_b["labels"]]
-        return cost + batch_mask_box_cost(mask_logits, target_b["boxes"], self.stride,
-                                          (h * self.stride, w * self.stride), self.cost_l1, self.cost_giou)
-
-
-def build_box_matching_cost(cfg):
-    """The box matching cost named by ``MODEL.BOXINST.MATCHER.NAME``."""
-    name = cfg.MODEL.BOXINST.MATCHER.NAME
-    costs = {"projection": BoxProjectionCost, "mask_box": MaskBoxCost}
-    if name not in costs:
-        raise KeyError(f"MODEL.BOXINST.MATCHER.NAME = {name!r}; expected one of {sorted(costs)}")
-    return costs[name].from_config(cfg)
+def build_box_matching_cost(cfg) -> BoxProjectionCost:
+    """The box matching cost: class + projection dice (``MODEL.BOXINST.MATCHER``)."""
+    return BoxProjectionCost.from_config(cfg)
 
 
 class BoxInstLoss:

@@ -6,7 +6,7 @@ and rectangular cases. What the cost *is* comes from a pluggable cost object, ``
 (Q, N)``, selected by ``MODEL.MASK_FORMER.SUPERVISION`` through the ``MATCHING_COSTS`` registry:
 
 - ``"mask"`` → :class:`MaskCost`, Mask2Former's ``w_cls·(−p_cls) + w_mask·BCE + w_dice·dice`` on points.
-- ``"box"``, ``"sim"`` → the box costs of :mod:`.box_supervision` (projection dice, or mask-box L1 + GIoU).
+- ``"box"``, ``"sim"`` → the box cost of :mod:`.box_supervision` (class + projection dice).
 
 A new mode registers a factory ``cfg -> cost`` in ``MATCHING_COSTS``.
 """

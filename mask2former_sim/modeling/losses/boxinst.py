@@ -16,8 +16,6 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from ..postprocessing import masks_to_boxes
-
 __all__ = [
     "rgb_to_lab",
     "unfold_wo_center",
@@ -28,7 +26,6 @@ __all__ = [
     "pairwise_log_same_prob",
     "compute_pairwise_term",
     "batch_projection_dice_cost",
-    "batch_mask_box_cost",
 ]
 
 # sRGB (D65) → XYZ matrix and the D65 / 2° reference white, as used by skimage.color.rgb2lab.
@@ -82,13 +79,11 @@ def images_color_similarity(
     kernel_size: int = 3,
     dilation: int = 2,
     theta: float = 2.0,
-    sampling: str = "avg_pool",
 ) -> torch.Tensor:
     """Colour affinity of each stride-``stride`` pixel with its neighbours (BoxInst Eq. 3).
 
-    ``S_e = exp(−‖Lab_i − Lab_j‖₂ / θ)`` on the ``stride``×-average-pooled image (``sampling="avg_pool"``,
-    BoxInst) or on the pixels at the cell centres ``stride·i + stride // 2`` (``"center"``, where the box masks
-    are sampled); an edge whose centre or neighbour is invalid (padding, removed bottom rows) gets similarity 0.
+    ``S_e = exp(−‖Lab_i − Lab_j‖₂ / θ)`` on the ``stride``×-average-pooled image (BoxInst); an edge whose centre
+    or neighbour is invalid (padding, removed bottom rows) gets similarity 0.
 
     Args:
         images: (B, 3, H, W) RGB in 0–255 (un-normalised model input), H and W divisible by ``stride``.
@@ -96,12 +91,7 @@ def images_color_similarity(
     Returns:
         (B, k*k − 1, H/stride, W/stride) similarities in [0, 1].
     """
-    if sampling == "avg_pool":
-        pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
-    elif sampling == "center":
-        pooled = images[:, :, stride // 2 :: stride, stride // 2 :: stride].float()
-    else:
-        raise ValueError(f"MODEL.BOXINST.PAIRWISE.COLOR_SAMPLING must be 'avg_pool' or 'center', got {sampling!r}")
+    pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
     lab = rgb_to_lab(pooled / 255.0)
     valid_small = valid[:, None, stride // 2 :: stride, stride // 2 :: stride].float()
     neighbours = unfold_wo_center(lab, kernel_size, dilation)
@@ -225,32 +215,3 @@ def batch_projection_dice_cost(mask_logits: torch.Tensor, box_masks: torch.Tenso
         denominator = p.sum(-1)[:, None] + t.sum(-1)[None, :] + 1.0
         cost = cost + 1.0 - numerator / denominator
     return cost
-
-
-def batch_mask_box_cost(
-    mask_logits: torch.Tensor, gt_boxes: torch.Tensor, stride: int, image_size: Tuple[int, int],
-    l1_weight: float, giou_weight: float,
-) -> torch.Tensor:
-    """Matching cost between the box of each binarised query mask and each GT box (MaskFreeVIS-style).
-
-    ``C = w_L1·‖b̂_q − b_k‖₁ + w_GIoU·(−GIoU(b̂_q, b_k))`` with boxes normalised by the image size, where
-    ``b̂_q`` is the tight box of ``σ(m_q) > 0.5`` scaled from the mask stride to input pixels.
-
-    Args:
-        mask_logits: (Q, h, w) logits at ``stride``.
-        gt_boxes: (N, 4) XYXY in input pixels.
-        image_size: (H, W) of the padded input, for normalisation.
-    Returns:
-        (Q, N) costs.
-    """
-    from torchvision.ops import generalized_box_iou
-
-    pred = masks_to_boxes(mask_logits.float() > 0) * stride
-    scale = gt_boxes.new_tensor([image_size[1], image_size[0], image_size[1], image_size[0]]).float()
-    pred_n = pred / scale
-    gt_n = gt_boxes.float() / scale
-    cost_l1 = torch.cdist(pred_n, gt_n, p=1)
-    # GIoU of an empty (zero) box is defined by torchvision's formula; keep degenerate boxes well-formed
-    pred_safe = torch.cat([pred_n[:, :2], torch.maximum(pred_n[:, 2:], pred_n[:, :2] + 1e-6)], dim=1)
-    cost_giou = -generalized_box_iou(pred_safe, gt_n)
-    return l1_weight * cost_l1 + giou_weight * cost_giou
