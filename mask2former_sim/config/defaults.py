@@ -112,9 +112,7 @@ _C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # kept for YAML compatibility
 _C.MODEL.BOXINST = _FvCfgNode()
 _C.MODEL.BOXINST.MASK_STRIDE = 4  # stride of the predicted masks and of the sampled box masks (offset stride // 2)
 _C.MODEL.BOXINST.PROJECTION_WEIGHT = 5.0  # weight of loss_proj (BoxInst 1:1 at Mask2Former's mask-loss scale)
-# On the short CPU schedules the pairwise term hurts (synthetic segm AP 0.0 at 5, 9.3 at 1.25, 20.4 at 0): the
-# masks collapse to 1-cell outlines, so the CPU box/SIM configs set 0 (README, "Box supervision on the CPU benchmarks")
-_C.MODEL.BOXINST.PAIRWISE_WEIGHT = 5.0  # weight of loss_pairwise (SPEC: a default to verify; MaskFreeVIS used 1.25)
+_C.MODEL.BOXINST.PAIRWISE_WEIGHT = 5.0  # weight of loss_pairwise (BoxInst 1:1 with the projection term)
 _C.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED = 0  # rows at the image bottom excluded from colour edges (BoxInst: 10)
 _C.MODEL.BOXINST.PAIRWISE = _FvCfgNode()
 _C.MODEL.BOXINST.PAIRWISE.SIZE = 3  # neighbourhood kernel (3x3 → 8 neighbours)
@@ -122,10 +120,9 @@ _C.MODEL.BOXINST.PAIRWISE.DILATION = 2  # neighbourhood dilation (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.COLOR_THRESH = 0.3  # an edge counts when its colour similarity is at least this (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.THETA = 2.0  # similarity exp(-||dLab|| / THETA) (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS = 10000  # linear warm-up of the pairwise weight (BoxInst)
-# > 0: projection only until the masks fill their boxes, so that the pairwise term (which only asks neighbours to
-# agree) fills the interiors instead of emptying them; measured: 400 of 800 on the CPU synthetic set gives 15.0
-# (0.0 from 0, 20.4 without the term)
-_C.MODEL.BOXINST.PAIRWISE.START_ITER = 0  # the pairwise warm-up starts here (BoxInst: 0)
+# the pairwise term drives every cell towards the side of 0.5 it is on: started before the masks are formed it
+# empties them into outlines (docs/RESULTS.md); the CPU configs start it at half the run
+_C.MODEL.BOXINST.PAIRWISE.START_ITER = 0  # the pairwise warm-up starts here; projection alone before (BoxInst: 0)
 _C.MODEL.BOXINST.MATCHER = _FvCfgNode()
 _C.MODEL.BOXINST.MATCHER.COST_CLASS = 2.0  # weight of -p_cls in the box matching cost
 _C.MODEL.BOXINST.MATCHER.COST_PROJECTION = 5.0  # weight of the batched projection-dice cost
