@@ -14,6 +14,7 @@ CPU with the gloo backend. ``SOLVER.IMS_PER_BATCH`` is the total batch over all 
 Custom COCO-format data: ``DATASETS.REGISTER "['mydata_train:/path/train.json:/path/images']"
 DATASETS.TRAIN "('mydata_train',)"``; ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` follows the training set's categories.
 """
+
 import json
 import logging
 import os

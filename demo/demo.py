@@ -5,6 +5,7 @@
 
 Only instances with score >= --confidence-threshold are drawn and saved. Boxes are the tight boxes of the masks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,8 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mask2former_sim.config import get_cfg  # noqa: E402
-from mask2former_sim.utils.visualizer import draw_instance_predictions, instances_to_json, save_image  # noqa: E402
+from mask2former_sim.config import get_cfg
+from mask2former_sim.utils.visualizer import draw_instance_predictions, instances_to_json, save_image
 
 logger = logging.getLogger("mask2former_sim.demo")
 
@@ -31,14 +28,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="mask2former_sim demo: instance segmentation of image files")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config YAML")
-    parser.add_argument("--input", nargs="+", required=True,
-                        help="image files, directories (their images) or glob patterns, e.g. 'dir/*.jpg'")
-    parser.add_argument("--output", required=True,
-                        help="output directory (one PNG per image + predictions.json), or a .png file for one input")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="keep only instances with score >= this (default 0.5)")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="image files, directories (their images) or glob patterns, e.g. 'dir/*.jpg'",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="output directory (one PNG per image + predictions.json), or a .png file for one input",
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="keep only instances with score >= this (default 0.5)"
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu",
+    )
     return parser
 
 
@@ -131,13 +140,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         record = {"file_name": path, "visualization": png, "height": int(image.shape[0]), "width": int(image.shape[1])}
         record.update(instances_to_json(instances, class_names))
         records.append(record)
-        logger.info("[%d/%d] %s: %d instances with score >= %.2f in %.2f s -> %s", k + 1, len(inputs), path,
-                    len(instances["scores"]), args.confidence_threshold, time.perf_counter() - t0, png)
+        logger.info(
+            "[%d/%d] %s: %d instances with score >= %.2f in %.2f s -> %s",
+            k + 1,
+            len(inputs),
+            path,
+            len(instances["scores"]),
+            args.confidence_threshold,
+            time.perf_counter() - t0,
+            png,
+        )
     os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
     with open(json_path, "w") as f:
         json.dump({"confidence_threshold": args.confidence_threshold, "images": records}, f)
-    logger.info("Processed %d of %d images in %.1f s; predictions in %s", len(records), len(inputs),
-                time.perf_counter() - start, json_path)
+    logger.info(
+        "Processed %d of %d images in %.1f s; predictions in %s",
+        len(records),
+        len(inputs),
+        time.perf_counter() - start,
+        json_path,
+    )
     if problems:
         logger.error("%d input(s) could not be processed:\n  %s", len(problems), "\n  ".join(problems))
         return 1

@@ -2,6 +2,7 @@
 
 Importing the package is cheap and never needs the compiled ``MultiScaleDeformableAttention`` op.
 """
+
 from typing import Any
 
 __version__ = "0.1.0"

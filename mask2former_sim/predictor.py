@@ -1,4 +1,5 @@
 """``Predictor``: one call from an RGB image to instances, with the model built and its weights loaded once."""
+
 from __future__ import annotations
 
 import logging

@@ -15,6 +15,7 @@ Environment variables:
 The CUDA headers of the pip ``nvidia`` wheels (``site-packages/nvidia/cu13/include``, needed for ``cusparse.h``
 when the toolkit lacks it) are appended to ``CPATH`` automatically.
 """
+
 import glob
 import os
 import site

@@ -4,6 +4,7 @@ The model's loss uses random numbers the way Mask2Former's point sampling does, 
 seeded by each sample's global index, so one process with batch 2b and two processes with batch b see the same
 numbers; with ``global_rng=True`` it draws from the global torch RNG instead (what resume must restore).
 """
+
 import contextlib
 from typing import Any, Dict, Iterator, List, Optional, Set
 
@@ -44,7 +45,7 @@ def engine_cfg(output_dir: str, **overrides: Any):
 
 
 class FakeModel(nn.Module):
-    """``forward(batch) -> {"loss_fit", "loss_noise"}``; ``nan_at`` iterations make ``loss_noise`` NaN."""
+    """``forward(batch, iteration) -> {"loss_fit", "loss_noise"}``; ``nan_at`` iterations make ``loss_noise`` NaN."""
 
     def __init__(self, global_rng: bool = False, nan_at: Optional[Set[int]] = None) -> None:
         super().__init__()
@@ -53,12 +54,14 @@ class FakeModel(nn.Module):
         self.query_embed = nn.Embedding(3, 8)
         self.global_rng = global_rng
         self.nan_at = set(nan_at or ())
-        self.iters_seen: List[int] = []
+        self.iters_seen: List[Optional[int]] = []
+        self.steps_taken = 0
 
-    def set_iter(self, iteration: int) -> None:
+    def after_optimizer_step(self) -> None:
+        self.steps_taken += 1
+
+    def forward(self, batch: List[Dict[str, Any]], iteration: Optional[int] = None) -> Dict[str, torch.Tensor]:
         self.iters_seen.append(iteration)
-
-    def forward(self, batch: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         x = torch.stack([d["x"] for d in batch])
         y = torch.stack([d["y"] for d in batch])
         feats = self.backbone(x) + self.query_embed.weight.mean(0)
@@ -66,7 +69,9 @@ class FakeModel(nn.Module):
         if self.global_rng:
             noise = torch.rand(len(batch), 4)
         else:
-            noise = torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(int(d["index"]))) for d in batch])
+            noise = torch.stack(
+                [torch.rand(4, generator=torch.Generator().manual_seed(int(d["index"]))) for d in batch]
+            )
         loss_fit = (pred - y).pow(2).mean()
         loss_noise = (pred.unsqueeze(1) * noise).pow(2).mean() * 0.1
         if self.iters_seen and self.iters_seen[-1] in self.nan_at:
@@ -93,7 +98,7 @@ def fake_train_loader(cfg, start_iter: int = 0, calls: Optional[list] = None) ->
     m = start_iter * accum
     while True:
         idx = np.random.default_rng([cfg.SEED, m]).integers(0, DATASET_SIZE, per_micro)
-        mine = idx[rank * per_rank:(rank + 1) * per_rank]
+        mine = idx[rank * per_rank : (rank + 1) * per_rank]
         yield [{"x": x[i], "y": y[i], "index": m * 1000 + rank * per_rank + j} for j, i in enumerate(mine)]
         m += 1
 
@@ -150,24 +155,25 @@ class _SharedPointsTorch:
     @staticmethod
     def rand(*size, device=None, dtype=None, generator=None, **kwargs):
         size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
-        row = torch.rand((1,) + tuple(size[1:]), generator=torch.Generator().manual_seed(1234),
-                         dtype=dtype or torch.float32)
+        row = torch.rand(
+            (1,) + tuple(size[1:]), generator=torch.Generator().manual_seed(1234), dtype=dtype or torch.float32
+        )
         return row.expand(size).clone().to(device)
 
 
 @contextlib.contextmanager
 def share_point_sampling():
     """Within the block, the real model's point sampling (this process) uses :class:`_SharedPointsTorch`."""
-    from mask2former_sim.modeling import matcher
+    from mask2former_sim.modeling import mask_supervision
     from mask2former_sim.modeling.losses import mask
 
-    originals = (matcher.torch, mask.torch)
-    matcher.torch = _SharedPointsTorch()
+    originals = (mask_supervision.torch, mask.torch)
+    mask_supervision.torch = _SharedPointsTorch()
     mask.torch = _SharedPointsTorch()
     try:
         yield
     finally:
-        matcher.torch, mask.torch = originals
+        mask_supervision.torch, mask.torch = originals
 
 
 class StopTraining(Exception):
@@ -183,11 +189,13 @@ def train_real_interrupted(cfg, stop_at: Optional[int] = None, resume: bool = Fa
 
     loader = Trainer.build_train_loader
     if stop_at is not None:
+
         def loader(cfg, start_iter):
             for n, batch in enumerate(Trainer.build_train_loader(cfg, start_iter)):
                 if start_iter + n >= stop_at:
                     raise StopTraining
                 yield batch
+
     seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg, train_loader_fn=loader)
     trainer.resume_or_load(resume=resume)

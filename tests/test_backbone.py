@@ -1,5 +1,6 @@
 """Backbones: strides and channels, NCHW output, FrozenBN, offline EfficientNet-Lite0 weights, and loading
 torchvision, detectron2 and official Swin checkpoints (each checked tensor by tensor)."""
+
 import pickle
 
 import pytest
@@ -24,7 +25,7 @@ def _cfg(name, **swin):
 
 def _check_pyramid(backbone, x, channels):
     shapes = backbone.output_shape()
-    assert shapes == {f"res{i + 2}": ShapeSpec(c, 4 * 2 ** i) for i, c in enumerate(channels)}
+    assert shapes == {f"res{i + 2}": ShapeSpec(c, 4 * 2**i) for i, c in enumerate(channels)}
     with torch.no_grad():
         out = backbone(x)
     assert list(out) == ["res2", "res3", "res4", "res5"]
@@ -138,9 +139,14 @@ def _official_swin_state_dict(timm_classifier: nn.Module):
         official[key] = value.clone()
         if key.endswith("relative_position_bias_table"):
             official[key.replace("bias_table", "index")] = torch.zeros(49, 49, dtype=torch.long)
-    for name in ("layers.0.blocks.0.attn.qkv.weight", "patch_embed.proj.weight",
-                 "layers.0.downsample.reduction.weight", "layers.2.downsample.norm.weight", "head.weight",
-                 "layers.1.blocks.1.attn.relative_position_index"):
+    for name in (
+        "layers.0.blocks.0.attn.qkv.weight",
+        "patch_embed.proj.weight",
+        "layers.0.downsample.reduction.weight",
+        "layers.2.downsample.norm.weight",
+        "head.weight",
+        "layers.1.blocks.1.attn.relative_position_index",
+    ):
         assert name in official, name
     assert not any(k.startswith("layers.3.downsample") for k in official)
     return official
@@ -152,8 +158,9 @@ SMALL_SWIN = dict(EMBED_DIM=32, DEPTHS=[2, 2, 2, 2], NUM_HEADS=[1, 2, 4, 8])
 
 def _small_swin_classifier(window=7):
     torch.manual_seed(0)
-    return timm.create_model("swin_tiny_patch4_window7_224", embed_dim=32, depths=(2, 2, 2, 2),
-                             num_heads=(1, 2, 4, 8), window_size=window)
+    return timm.create_model(
+        "swin_tiny_patch4_window7_224", embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=window
+    )
 
 
 def test_official_swin_checkpoint(tmp_path):

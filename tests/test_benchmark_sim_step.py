@@ -1,7 +1,7 @@
 """tools/benchmark_sim_step.py: stage times are exclusive (a nested stage is not counted twice), the patches are
 undone, and the stages it names exist on a real SIM model (a renamed method must break this test, not the GPU
 run)."""
-import importlib.util
+
 import os
 import time
 import types
@@ -12,16 +12,14 @@ import torch
 from mask2former_sim.config import get_cfg
 from mask2former_sim.engine.trainer import Trainer
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "benchmark_sim_step.py")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("benchmark_sim_step", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import benchmark_sim_step
+
+    return benchmark_sim_step
 
 
 def test_nested_stage_time_is_charged_once(tool):
@@ -49,8 +47,10 @@ def test_patched_restores_instance_and_class_attributes(tool):
     thing = Thing()
     module = types.SimpleNamespace(function=lambda: 2)
     original_function = module.function
-    with tool.patched(thing, "method", lambda fn: lambda: fn() + 10), \
-            tool.patched(module, "function", lambda fn: lambda: fn() + 20):
+    with (
+        tool.patched(thing, "method", lambda fn: lambda: fn() + 10),
+        tool.patched(module, "function", lambda fn: lambda: fn() + 20),
+    ):
         assert thing.method() == 11 and module.function() == 22
     assert thing.method() == 1 and "method" not in vars(thing)  # the class method shows through again
     assert module.function is original_function

@@ -1,13 +1,14 @@
 """Box supervision never reads a GT mask: from the json through the real mapper and the model to the criterion;
 and a box-only json (no "segmentation" at all) trains through the real loader and ``Trainer``."""
+
 import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pycocotools.mask as mask_util
+import pytest
 import torch
 from PIL import Image
 
@@ -44,9 +45,15 @@ def _write_dataset(root: Path, segmentation) -> str:
     for i, objects in enumerate(OBJECTS):
         pixels = np.full((SIZE, SIZE, 3), 40, dtype=np.uint8) + rng.integers(0, 10, (SIZE, SIZE, 3), dtype=np.uint8)
         for k, ((x, y, w, h), cat) in enumerate(objects):
-            pixels[y: y + h, x: x + w] = (200, 60 + 60 * k, 30) if cat == 3 else (30, 90, 210)
-            ann = {"id": 10 * i + k + 1, "image_id": i + 1, "category_id": cat, "bbox": [x, y, w, h],
-                   "area": w * h, "iscrowd": 0}
+            pixels[y : y + h, x : x + w] = (200, 60 + 60 * k, 30) if cat == 3 else (30, 90, 210)
+            ann = {
+                "id": 10 * i + k + 1,
+                "image_id": i + 1,
+                "category_id": cat,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
             if segmentation is not None:
                 ann["segmentation"] = segmentation
             annotations.append(ann)

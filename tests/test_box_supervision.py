@@ -1,4 +1,5 @@
 """BoxInst-M2F in the model: box targets, box matching, the boxinst loss family, and no GT mask in box mode."""
+
 import itertools
 import math
 from pathlib import Path
@@ -9,25 +10,23 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
-from mask2former_sim.modeling.box_supervision import (
-    BoxInstLoss,
-    BoxProjectionCost,
-    add_box_targets,
-    pairwise_warmup_factor,
-)
-from mask2former_sim.modeling.losses.boxinst import boxes_to_stride_masks
+from mask2former_sim.modeling.box_supervision import BoxInstLoss, BoxProjectionCost, pairwise_warmup_factor
+from mask2former_sim.modeling.criterion import LossContext
 from mask2former_sim.modeling.matcher import HungarianMatcher
+from mask2former_sim.modeling.targets import box_targets
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "tiny-overfit.yaml"
 
 
 def _box_target(boxes, labels, size=32):
-    target = {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
-              "padding_mask": torch.zeros(size, size, dtype=torch.bool)}
+    target = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.tensor(labels),
+        "padding_mask": torch.zeros(size, size, dtype=torch.bool),
+    }
     # a smooth horizontal ramp: neighbouring colours are close, so most edges pass the 0.3 similarity threshold
     raw = torch.linspace(60, 90, size).expand(1, 3, size, size).clone()
-    add_box_targets([target], raw, stride=4, kernel_size=3, dilation=2, theta=2.0)
-    return target
+    return box_targets([target], raw, stride=4, kernel_size=3, dilation=2, theta=2.0)[0]
 
 
 def _brute_force_min(cost: np.ndarray) -> float:
@@ -62,7 +61,7 @@ def test_projection_matcher_assigns_each_query_to_the_box_it_fits():
     logits = torch.stack([box_masks[j] * 20 - 10 for j in perm] + [torch.full((8, 8), -10.0)])
     outputs = {"pred_logits": torch.zeros(1, 4, 3), "pred_masks": logits[None]}
     matcher = HungarianMatcher(cost=BoxProjectionCost(cost_class=2.0, cost_projection=5.0))
-    (rows, cols), = matcher(outputs, [target])
+    ((rows, cols),) = matcher(outputs, [target])
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 2, 1: 0, 2: 1}
 
 
@@ -74,10 +73,13 @@ def test_box_matchers_equal_brute_force(q, n):
         x1, y1 = torch.randint(0, 20, (2,), generator=gen).tolist()
         boxes.append([x1, y1, x1 + 4 + torch.randint(0, 8, (1,), generator=gen).item(), y1 + 6])
     target = _box_target(boxes, torch.randint(0, 3, (n,), generator=gen).tolist())
-    outputs = {"pred_logits": torch.randn(1, q, 4, generator=gen), "pred_masks": torch.randn(1, q, 8, 8, generator=gen) * 4}
+    outputs = {
+        "pred_logits": torch.randn(1, q, 4, generator=gen),
+        "pred_masks": torch.randn(1, q, 8, 8, generator=gen) * 4,
+    }
     matcher = HungarianMatcher(cost=BoxProjectionCost(cost_class=2.0, cost_projection=5.0))
     c = matcher.cost_matrix({k: v[0] for k, v in outputs.items()}, target).double().numpy()
-    (rows, cols), = matcher(outputs, [target])
+    ((rows, cols),) = matcher(outputs, [target])
     assert len(rows) == min(q, n)
     assert c[rows.numpy(), cols.numpy()].sum() == pytest.approx(_brute_force_min(c), abs=1e-6)
 
@@ -90,7 +92,7 @@ def test_box_matchers_survive_nonfinite_logits():
     logits = torch.randn(1, 3, 3)
     logits[0, 2] = float("nan")
     cost = BoxProjectionCost(cost_class=2.0, cost_projection=5.0)
-    (rows, cols), = HungarianMatcher(cost=cost)({"pred_logits": logits, "pred_masks": masks}, [target])
+    ((rows, cols),) = HungarianMatcher(cost=cost)({"pred_logits": logits, "pred_masks": masks}, [target])
     assert sorted(cols.tolist()) == [0, 1]
 
 
@@ -100,8 +102,7 @@ def test_boxinst_loss_matches_hand_assembly():
     pred_masks = torch.randn(1, 3, 8, 8)
     indices = [(torch.tensor([2, 0]), torch.tensor([0, 1]))]
     loss_fn = BoxInstLoss(color_thresh=0.3, kernel_size=3, dilation=2, warmup_iters=100)
-    loss_fn.set_iter(50)
-    out = loss_fn({"pred_masks": pred_masks}, [target], indices, num_masks=2.0)
+    out = loss_fn({"pred_masks": pred_masks}, [target], indices, LossContext(num_masks=2.0, iteration=50))
     from mask2former_sim.modeling.losses.boxinst import compute_pairwise_term, compute_project_term
 
     m = pred_masks[0, [2, 0]]
@@ -114,11 +115,10 @@ def test_boxinst_loss_matches_hand_assembly():
     assert out["loss_pairwise"].item() == pytest.approx(0.5 * (total / count).item())
     # START_ITER: the same loss is 0 before it and 0.3 of the full term 30 iterations after it
     late = BoxInstLoss(color_thresh=0.3, kernel_size=3, dilation=2, warmup_iters=100, start_iter=400)
-    late.set_iter(399)
-    assert late({"pred_masks": pred_masks}, [target], indices, num_masks=2.0)["loss_pairwise"].item() == 0.0
-    late.set_iter(430)
-    assert late({"pred_masks": pred_masks}, [target], indices, 2.0)["loss_pairwise"].item() == pytest.approx(
-        0.3 * (total / count).item())
+    before = late({"pred_masks": pred_masks}, [target], indices, LossContext(num_masks=2.0, iteration=399))
+    assert before["loss_pairwise"].item() == 0.0
+    after = late({"pred_masks": pred_masks}, [target], indices, LossContext(num_masks=2.0, iteration=430))
+    assert after["loss_pairwise"].item() == pytest.approx(0.3 * (total / count).item())
 
 
 def _box_cfg():
@@ -143,8 +143,11 @@ def test_box_mode_training_step_never_gives_the_criterion_a_mask():
             raise AssertionError("a GT mask was read in box supervision")
 
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
-    inst = {"gt_boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 60.0]]),
-            "gt_classes": torch.tensor([0, 2]), "gt_masks": Sentinel()}
+    inst = {
+        "gt_boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 60.0]]),
+        "gt_classes": torch.tensor([0, 2]),
+        "gt_masks": Sentinel(),
+    }
     losses = model([{"image": image, "height": 64, "width": 64, "instances": inst}])
     heads = cfg.MODEL.MASK_FORMER.DEC_LAYERS
     expected = {"loss_ce", "loss_proj", "loss_pairwise"}

@@ -1,4 +1,5 @@
 """BoxInst low-level losses against skimage and hand computations."""
+
 import math
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """COCOEvaluator against pycocotools: ground truth scored as predictions, maxDets honoured, numbers identical."""
+
 import contextlib
 import io
 import json
@@ -11,9 +12,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former_sim.evaluation import COCOEvaluator, format_results_table
+from mask2former_sim.modeling.postprocessing import masks_to_boxes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
-from mask2former_sim.modeling.postprocessing import masks_to_boxes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("M2F_SIM_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))

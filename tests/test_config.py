@@ -1,4 +1,5 @@
 """Config system: _BASE_ chains, KEY VALUE overrides, unknown-key errors with suggestions."""
+
 import pytest
 
 from mask2former_sim.config import UnknownConfigKeyError, get_cfg

@@ -1,11 +1,13 @@
-"""SetCriterion and the point-sampled mask losses against dense hand computations."""
+"""SetCriterion with Mask2Former's families (classification, point-sampled masks) against dense hand
+computations."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mask2former_sim.config import get_cfg
-from mask2former_sim.modeling import criterion as criterion_module
-from mask2former_sim.modeling.criterion import SetCriterion, mask_weight_dict
+from mask2former_sim.modeling import mask_supervision as mask_supervision_module
+from mask2former_sim.modeling.criterion import ClassificationLoss, LossContext, SetCriterion, expand_weight_dict
 from mask2former_sim.modeling.losses.mask import (
     calculate_uncertainty,
     dice_loss,
@@ -13,7 +15,9 @@ from mask2former_sim.modeling.losses.mask import (
     point_sample,
     sigmoid_ce_loss,
 )
+from mask2former_sim.modeling.mask_supervision import PointSampledMaskLoss
 from mask2former_sim.modeling.meta_arch import apply_loss_weights
+from mask2former_sim.modeling.supervision import build_criterion
 
 
 class FixedMatcher(torch.nn.Module):
@@ -36,10 +40,12 @@ def pixel_center_grid(h: int, w: int, n: int) -> torch.Tensor:
 
 
 def make_criterion(matcher, num_classes=3, eos=0.1, num_aux=0, num_points=16):
-    return SetCriterion(
-        num_classes=num_classes, matcher=matcher, weight_dict=mask_weight_dict(2.0, 5.0, 5.0, num_aux), eos_coef=eos,
-        losses=["labels", "masks"], num_points=num_points, oversample_ratio=3.0, importance_sample_ratio=0.75,
-    )
+    families = [
+        ("labels", ClassificationLoss(num_classes=num_classes, eos_coef=eos)),
+        ("masks", PointSampledMaskLoss(num_points=num_points, oversample_ratio=3.0, importance_sample_ratio=0.75)),
+    ]
+    weights = expand_weight_dict({"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}, num_aux)
+    return SetCriterion(matcher=matcher, families=families, weight_dict=weights)
 
 
 def test_point_sample_at_pixel_centres_is_exact():
@@ -71,8 +77,9 @@ def test_importance_sampling_keeps_the_most_uncertain_points():
     for i in range(3):
         expected = candidates[i][unc[i].topk(15).indices]
         torch.testing.assert_close(coords[i, :15], expected)
-    again = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, 20, 3.0, 0.75,
-                                                       generator=torch.Generator().manual_seed(3))
+    again = get_uncertain_point_coords_with_randomness(
+        logits, calculate_uncertainty, 20, 3.0, 0.75, generator=torch.Generator().manual_seed(3)
+    )
     torch.testing.assert_close(coords, again)
 
 
@@ -80,11 +87,13 @@ def test_labels_loss_is_weighted_cross_entropy_by_hand():
     torch.manual_seed(1)
     num_classes, num_q = 3, 4
     logits = torch.randn(2, num_q, num_classes + 1)
-    targets = [{"labels": torch.tensor([2, 0]), "masks": torch.zeros(2, 8, 8)},
-               {"labels": torch.tensor([1]), "masks": torch.zeros(1, 8, 8)}]
+    targets = [
+        {"labels": torch.tensor([2, 0]), "masks": torch.zeros(2, 8, 8)},
+        {"labels": torch.tensor([1]), "masks": torch.zeros(1, 8, 8)},
+    ]
     indices = [(torch.tensor([1, 3]), torch.tensor([1, 0])), (torch.tensor([2]), torch.tensor([0]))]
     crit = make_criterion(FixedMatcher(indices), num_classes=num_classes, eos=0.1)
-    loss = crit.loss_labels({"pred_logits": logits}, targets, indices, 1.0)["loss_ce"]
+    loss = crit.family("labels")({"pred_logits": logits}, targets, indices, LossContext(1.0, 0))["loss_ce"]
     cls = torch.full((2, num_q), num_classes)
     cls[0, 1], cls[0, 3], cls[1, 2] = 0, 2, 1
     num, den = 0.0, 0.0
@@ -107,9 +116,9 @@ def test_mask_losses_equal_dense_computation_on_full_grid(monkeypatch):
     def full_grid(coarse_logits, *args, **kwargs):
         return pixel_center_grid(h, w, coarse_logits.shape[0])
 
-    monkeypatch.setattr(criterion_module, "get_uncertain_point_coords_with_randomness", full_grid)
+    monkeypatch.setattr(mask_supervision_module, "get_uncertain_point_coords_with_randomness", full_grid)
     crit = make_criterion(FixedMatcher(indices))
-    losses = crit.loss_masks({"pred_masks": pred}, targets, indices, 3.0)
+    losses = crit.family("masks")({"pred_masks": pred}, targets, indices, LossContext(3.0, 0))
 
     pairs = [(pred[0, 0], gt[0][1]), (pred[0, 2], gt[0][0]), (pred[1, 1], gt[1][0])]
     bce = sum(F.binary_cross_entropy_with_logits(x, t.float()) for x, t in pairs) / 3.0
@@ -128,11 +137,15 @@ def test_mask_losses_with_gt_at_higher_resolution(monkeypatch):
     gt_small = torch.rand(1, h, w) > 0.5
     gt_full = gt_small.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
     indices = [(torch.tensor([1]), torch.tensor([0]))]
-    monkeypatch.setattr(criterion_module, "get_uncertain_point_coords_with_randomness",
-                        lambda logits, *a, **k: pixel_center_grid(h, w, logits.shape[0]))
-    crit = make_criterion(FixedMatcher(indices))
-    small = crit.loss_masks({"pred_masks": pred}, [{"labels": torch.tensor([0]), "masks": gt_small}], indices, 1.0)
-    full = crit.loss_masks({"pred_masks": pred}, [{"labels": torch.tensor([0]), "masks": gt_full}], indices, 1.0)
+    monkeypatch.setattr(
+        mask_supervision_module,
+        "get_uncertain_point_coords_with_randomness",
+        lambda logits, *a, **k: pixel_center_grid(h, w, logits.shape[0]),
+    )
+    masks = make_criterion(FixedMatcher(indices)).family("masks")
+    context = LossContext(1.0, 0)
+    small = masks({"pred_masks": pred}, [{"labels": torch.tensor([0]), "masks": gt_small}], indices, context)
+    full = masks({"pred_masks": pred}, [{"labels": torch.tensor([0]), "masks": gt_full}], indices, context)
     for key in ("loss_mask", "loss_dice"):
         assert float(small[key]) == pytest.approx(float(full[key]), rel=1e-5)
 
@@ -156,8 +169,10 @@ def test_deep_supervision_keys_and_matcher_per_head():
 
 
 def test_no_targets_gives_finite_losses_with_graph():
-    outputs = {"pred_logits": torch.randn(2, 3, 4, requires_grad=True),
-               "pred_masks": torch.randn(2, 3, 4, 4, requires_grad=True)}
+    outputs = {
+        "pred_logits": torch.randn(2, 3, 4, requires_grad=True),
+        "pred_masks": torch.randn(2, 3, 4, 4, requires_grad=True),
+    }
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 16, 16, dtype=torch.bool)}
     crit = make_criterion(FixedMatcher([(torch.zeros(0, dtype=torch.int64),) * 2] * 2))
     losses = crit(outputs, [empty, empty])
@@ -170,11 +185,13 @@ def test_from_config_weight_dict_covers_every_head():
     cfg = get_cfg()
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
-    crit = SetCriterion.from_config(cfg)
+    crit = build_criterion(cfg)
     heads = [""] + [f"_{i}" for i in range(9)]
     assert set(crit.weight_dict) == {f"{k}{s}" for k in ("loss_ce", "loss_mask", "loss_dice") for s in heads}
     assert crit.weight_dict["loss_ce_8"] == 2.0 and crit.weight_dict["loss_dice"] == 5.0
-    assert float(crit.empty_weight[-1]) == pytest.approx(0.1) and float(crit.empty_weight[0]) == 1.0
+    assert crit.family_names == ["labels", "masks"]
+    empty_weight = crit.family("labels").empty_weight
+    assert float(empty_weight[-1]) == pytest.approx(0.1) and float(empty_weight[0]) == 1.0
 
 
 def test_unknown_loss_key_or_non_scalar_is_an_error():
@@ -187,7 +204,27 @@ def test_unknown_loss_key_or_non_scalar_is_an_error():
         apply_loss_weights({"loss_ce": torch.ones(2)}, weights)
 
 
-def test_unknown_loss_family_is_an_error():
+def test_unknown_or_repeated_loss_family_is_an_error():
+    crit = make_criterion(FixedMatcher([]))
     with pytest.raises(KeyError, match="boxinst"):
-        SetCriterion(num_classes=2, matcher=FixedMatcher([]), weight_dict={}, eos_coef=0.1, losses=["boxinst"],
-                     num_points=4, oversample_ratio=3.0, importance_sample_ratio=0.75)
+        crit.family("boxinst")
+    with pytest.raises(ValueError, match="unique"):
+        SetCriterion(matcher=FixedMatcher([]), families=[("labels", None), ("labels", None)], weight_dict={})
+
+
+def test_families_receive_the_iteration_and_the_instance_count():
+    seen = []
+
+    def family(outputs, targets, indices, context):
+        seen.append(context)
+        return {"loss_x": outputs["pred_logits"].sum() * 0}
+
+    crit = SetCriterion(
+        matcher=FixedMatcher([(torch.tensor([0]), torch.tensor([0]))] * 2),
+        families=[("x", family)],
+        weight_dict={"loss_x": 1.0},
+    )
+    head = {"pred_logits": torch.zeros(2, 3, 4), "pred_masks": torch.zeros(2, 3, 4, 4)}
+    targets = [{"labels": torch.tensor([1, 2])}, {"labels": torch.tensor([0])}]
+    crit(head, targets, iteration=17)
+    assert seen == [LossContext(num_masks=3.0, iteration=17)]

@@ -1,4 +1,5 @@
 """Dataset registry: built-in names, custom registration, metadata, the shared data sets."""
+
 import json
 import os
 
@@ -33,9 +34,20 @@ def _tiny_json(path, category_ids=(7, 3)):
 
 def test_builtin_names_are_registered():
     names = set(list_datasets())
-    expected = {"coco_2017_train", "coco_2017_val", "voc_sbd_train", "voc_sbd_val", "nuclei_train", "nuclei_val",
-                "nuclei_all", "coco_subset_128", "synthetic_train", "synthetic_val", "synthetic_lowcontrast_train",
-                "synthetic_lowcontrast_val"}
+    expected = {
+        "coco_2017_train",
+        "coco_2017_val",
+        "voc_sbd_train",
+        "voc_sbd_val",
+        "nuclei_train",
+        "nuclei_val",
+        "nuclei_all",
+        "coco_subset_128",
+        "synthetic_train",
+        "synthetic_val",
+        "synthetic_lowcontrast_train",
+        "synthetic_lowcontrast_val",
+    }
     assert expected <= names
 
 
@@ -44,8 +56,11 @@ def test_builtin_paths_follow_environment(monkeypatch, tmp_path):
     entry = catalog.get_entry("coco_2017_val")
     assert entry.json_file() == os.path.join(str(tmp_path), "coco", "annotations", "instances_val2017.json")
     assert entry.image_root() == os.path.join(str(tmp_path), "coco", "val2017")
-    assert catalog.get_entry("voc_sbd_train").json_file().endswith(
-        os.path.join("voc_sbd", "annotations", "voc_2012_train_sbd.json"))
+    assert (
+        catalog.get_entry("voc_sbd_train")
+        .json_file()
+        .endswith(os.path.join("voc_sbd", "annotations", "voc_2012_train_sbd.json"))
+    )
 
 
 def test_unknown_name_lists_registered_names():

@@ -1,4 +1,5 @@
 """COCO loading and validation: every bad-input case, colour modes, box-only json, the shared COCO subset."""
+
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ from PIL import Image
 
 from mask2former_sim.data import catalog
 from mask2former_sim.data.coco import load_coco_json, parse_coco_json, read_image
-from mask2former_sim.data.mapper import InstanceDatasetMapper, InferenceDatasetMapper
+from mask2former_sim.data.mapper import InferenceDatasetMapper, InstanceDatasetMapper
 from mask2former_sim.data.transforms import RandomFlip
 
 COCO128 = os.path.join(catalog.shared_data_root(), "coco-subset-128")
@@ -37,7 +38,7 @@ def test_missing_image_file_named_at_load(tmp_path):
     dicts = load_coco_json(json_file, root)
     os.remove(tmp_path / "img.png")
     with pytest.raises(FileNotFoundError, match="img.png"):
-        InstanceDatasetMapper(augmentations=[], supervision="box")(dicts[0])
+        InstanceDatasetMapper(augmentations=[], with_masks=False)(dicts[0])
     with pytest.raises(FileNotFoundError, match="img.png"):
         InferenceDatasetMapper(min_size=0, max_size=0)(dicts[0])
 
@@ -46,14 +47,14 @@ def test_corrupt_image_named(tmp_path):
     json_file, root = _write_set(tmp_path, [_ann(1, [2, 2, 5, 5])])
     (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     with pytest.raises(OSError, match="img.png"):
-        InstanceDatasetMapper(augmentations=[], supervision="box")(load_coco_json(json_file, root)[0])
+        InstanceDatasetMapper(augmentations=[], with_masks=False)(load_coco_json(json_file, root)[0])
 
 
 def test_image_size_mismatch_named(tmp_path):
     json_file, root = _write_set(tmp_path, [_ann(1, [2, 2, 5, 5])])
     Image.fromarray(np.zeros((21, 30, 3), dtype=np.uint8)).save(tmp_path / "img.png")
     with pytest.raises(ValueError, match="img.png.*30x21"):
-        InstanceDatasetMapper(augmentations=[], supervision="box")(load_coco_json(json_file, root)[0])
+        InstanceDatasetMapper(augmentations=[], with_masks=False)(load_coco_json(json_file, root)[0])
 
 
 def test_malformed_json_names_file_and_position(tmp_path):
@@ -133,11 +134,11 @@ def test_box_only_json_loads_and_maps_in_box_mode(tmp_path):
     json_file, root = _write_set(tmp_path, [_ann(1, [2, 3, 10, 5]), _ann(2, [20, 0, 10, 20])])
     dicts = load_coco_json(json_file, root)
     assert "segmentation" not in dicts[0]["annotations"][0]
-    out = InstanceDatasetMapper(augmentations=[RandomFlip(prob=1.0)], supervision="box")(dicts[0])
+    out = InstanceDatasetMapper(augmentations=[RandomFlip(prob=1.0)], with_masks=False)(dicts[0])
     assert set(out["instances"]) == {"gt_boxes", "gt_classes"}
     np.testing.assert_allclose(out["instances"]["gt_boxes"].numpy(), [[18, 3, 28, 8], [0, 0, 10, 20]])
     with pytest.raises(ValueError, match="annotation id 1.*no 'segmentation'"):
-        InstanceDatasetMapper(augmentations=[], supervision="mask")(dicts[0])
+        InstanceDatasetMapper(augmentations=[], with_masks=True)(dicts[0])
 
 
 @pytest.mark.skipif(not os.path.isdir(COCO128), reason="shared coco-subset-128 data not present")
@@ -156,15 +157,18 @@ def test_coco_subset_counts_against_raw_json():
     assert len(crowd) == 13 and len(raw["annotations"]) - len(crowd) == 887
     dicts, summary = parse_coco_json(json_file, os.path.join(COCO128, "images"))
     assert len(dicts) == 128 and summary.dropped["crowd"] == 13
-    assert sum(len(d["annotations"]) for d in dicts) == usable == 887 - sum(
-        v for k, v in summary.dropped.items() if k != "crowd")
+    assert (
+        sum(len(d["annotations"]) for d in dicts)
+        == usable
+        == 887 - sum(v for k, v in summary.dropped.items() if k != "crowd")
+    )
     assert all(not a["iscrowd"] for d in dicts for a in d["annotations"])
 
 
 @pytest.mark.skipif(not os.path.isdir(COCO128), reason="shared coco-subset-128 data not present")
 def test_coco_subset_image_maps_in_mask_mode():
     d = next(x for x in catalog.get_dataset_dicts("coco_subset_128") if len(x["annotations"]) >= 3)
-    out = InstanceDatasetMapper(augmentations=[], supervision="mask")(d, np.random.default_rng(0))
+    out = InstanceDatasetMapper(augmentations=[], with_masks=True)(d, np.random.default_rng(0))
     masks, boxes = out["instances"]["gt_masks"], out["instances"]["gt_boxes"]
     assert out["image"].shape == (3, d["height"], d["width"])
     assert masks.shape[1:] == (d["height"], d["width"]) and len(masks) == len(boxes) > 0

@@ -1,4 +1,5 @@
 """Loaders: rank sharding, resumability at iteration k, batch-size rules, world-size invariance, test shards."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,9 @@ from mask2former_sim.data.synthetic import SyntheticConfig, generate_synthetic_d
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    out = generate_synthetic_dataset(str(tmp_path_factory.mktemp("syn") / "tiny"),
-                                     SyntheticConfig(num_train=10, num_val=5, size=48, seed=3))
+    out = generate_synthetic_dataset(
+        str(tmp_path_factory.mktemp("syn") / "tiny"), SyntheticConfig(num_train=10, num_val=5, size=48, seed=3)
+    )
     register_coco_instances("test_loader_train", f"{out}/annotations/instances_train.json", f"{out}/train")
     register_coco_instances("test_loader_val", f"{out}/annotations/instances_val.json", f"{out}/val")
     yield out

@@ -1,4 +1,5 @@
 """Synthetic generator: deterministic bytes, valid COCO json, visible-part masks, atomic first-use generation."""
+
 import hashlib
 import json
 import os
@@ -121,6 +122,8 @@ def test_flat_control_set_satisfies_boxinst_assumptions():
     # the default set is unchanged by the control-set options (their defaults draw nothing extra)
     default = SyntheticConfig(size=64)
     a, _ = render_image(default, np.random.default_rng([0, 0, 3]))
-    b, _ = render_image(SyntheticConfig(size=64, background="textured", square_stripes=True, min_color_distance=0.0),
-                        np.random.default_rng([0, 0, 3]))
+    b, _ = render_image(
+        SyntheticConfig(size=64, background="textured", square_stripes=True, min_color_distance=0.0),
+        np.random.default_rng([0, 0, 3]),
+    )
     assert np.array_equal(a, b)

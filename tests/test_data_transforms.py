@@ -1,4 +1,5 @@
 """Augmentation: boxes and masks stay consistent, padding mask, LSJ sizes, box mode never decodes masks."""
+
 import json
 
 import numpy as np
@@ -122,19 +123,23 @@ def test_resize_shortest_edge_by_hand():
     assert shortest_edge_size(520, 696, 128, 10000) == (128, 171)
     noop = ResizeShortestEdge([0], 1333).get_transform(50, 60, np.random.default_rng(0))
     assert noop.apply_image(np.zeros((50, 60, 3), dtype=np.uint8)).shape == (50, 60, 3)
-    sizes = {ResizeShortestEdge([10, 12], 100, "range").get_transform(50, 60, np.random.default_rng(s)).new_h
-             for s in range(40)}
+    sizes = {
+        ResizeShortestEdge([10, 12], 100, "range").get_transform(50, 60, np.random.default_rng(s)).new_h
+        for s in range(40)
+    }
     assert sizes == {10, 11, 12}
 
 
 def test_mapper_names_select_augmentations():
     cfg = get_cfg()
-    assert [type(a).__name__ for a in build_train_augmentations(cfg)] == ["RandomFlip", "ResizeScale",
-                                                                           "FixedSizeCrop"]
+    assert [type(a).__name__ for a in build_train_augmentations(cfg)] == ["RandomFlip", "ResizeScale", "FixedSizeCrop"]
     cfg.INPUT.DATASET_MAPPER_NAME = "multi_scale"
     cfg.INPUT.CROP.ENABLED = True
-    assert [type(a).__name__ for a in build_train_augmentations(cfg)] == ["RandomFlip", "ResizeShortestEdge",
-                                                                           "RandomCrop"]
+    assert [type(a).__name__ for a in build_train_augmentations(cfg)] == [
+        "RandomFlip",
+        "ResizeShortestEdge",
+        "RandomCrop",
+    ]
     cfg.INPUT.DATASET_MAPPER_NAME = "nope"
     with pytest.raises(ValueError, match="DATASET_MAPPER_NAME"):
         build_train_augmentations(cfg)
@@ -148,10 +153,22 @@ def _rle_set(tmp_path, h=40, w=50):
     for i, m in enumerate(masks):
         rle = pycocotools.mask.encode(np.asfortranarray(m.astype(np.uint8)))
         x0, y0, x1, y1 = (int(v) for v in _naive_tight_box(m))
-        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0,
-                     "segmentation": {"size": [h, w], "counts": rle["counts"].decode()}, "area": int(m.sum())})
-    data = {"images": [{"id": 1, "file_name": "im.png", "height": h, "width": w}], "annotations": anns,
-            "categories": [{"id": 1, "name": "blob"}]}
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "iscrowd": 0,
+                "segmentation": {"size": [h, w], "counts": rle["counts"].decode()},
+                "area": int(m.sum()),
+            }
+        )
+    data = {
+        "images": [{"id": 1, "file_name": "im.png", "height": h, "width": w}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "blob"}],
+    }
     (tmp_path / "a.json").write_text(json.dumps(data))
     return load_coco_json(str(tmp_path / "a.json"), str(tmp_path))[0]
 
@@ -164,19 +181,22 @@ def test_box_mode_never_decodes_masks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pycocotools.mask, "decode", boom)
     augs = [RandomFlip(), ResizeScale(0.5, 2.0, 64, 64), FixedSizeCrop((64, 64))]
-    for sup in ("box", "sim"):
-        out = InstanceDatasetMapper(augmentations=augs, supervision=sup)(d, np.random.default_rng(0))
-        assert "gt_masks" not in out["instances"]
+    out = InstanceDatasetMapper(augmentations=augs, with_masks=False)(d, np.random.default_rng(0))
+    assert "gt_masks" not in out["instances"]
+    for mode, decodes in (("mask", True), ("box", False), ("sim", False)):  # what from_config chooses per mode
+        cfg = get_cfg()
+        cfg.MODEL.MASK_FORMER.SUPERVISION = mode
+        assert InstanceDatasetMapper.from_config(cfg).with_masks is decodes
     with pytest.raises(AssertionError, match="box mode"):
-        InstanceDatasetMapper(augmentations=augs, supervision="mask")(d, np.random.default_rng(0))
+        InstanceDatasetMapper(augmentations=augs, with_masks=True)(d, np.random.default_rng(0))
 
 
 def test_mask_and_box_mode_agree_on_boxes(tmp_path):
     d = _rle_set(tmp_path)
     augs = [RandomFlip(), ResizeScale(0.8, 1.5, 64, 64), FixedSizeCrop((64, 64))]
     for seed in range(4):
-        m = InstanceDatasetMapper(augmentations=augs, supervision="mask")(d, np.random.default_rng(seed))
-        b = InstanceDatasetMapper(augmentations=augs, supervision="box")(d, np.random.default_rng(seed))
+        m = InstanceDatasetMapper(augmentations=augs, with_masks=True)(d, np.random.default_rng(seed))
+        b = InstanceDatasetMapper(augmentations=augs, with_masks=False)(d, np.random.default_rng(seed))
         assert (m["image"] == b["image"]).all() and (m["padding_mask"] == b["padding_mask"]).all()
         masks = m["instances"]["gt_masks"].numpy()
         np.testing.assert_array_equal(m["instances"]["gt_boxes"].numpy(), masks_to_boxes(masks))
@@ -194,7 +214,7 @@ def test_mask_mode_matches_naive_decode_then_transform(tmp_path):
     augs = [RandomFlip(), ResizeScale(1.0, 2.0, 48, 48), FixedSizeCrop((48, 48))]
     full = np.stack([pycocotools.mask.decode(a["segmentation"]).astype(bool) for a in d["annotations"]])
     for seed in range(6):
-        out = InstanceDatasetMapper(augmentations=augs, supervision="mask")(d, np.random.default_rng(seed))
+        out = InstanceDatasetMapper(augmentations=augs, with_masks=True)(d, np.random.default_rng(seed))
         _, tfm = apply_augmentations(augs, np.zeros((40, 50, 3), dtype=np.uint8), np.random.default_rng(seed))
         ref = tfm.apply_masks(full)
         ref = ref[ref.any(axis=(1, 2))]
@@ -214,8 +234,20 @@ def test_random_scale_and_scale_crop_mapper_keep_native_scale():
         out = tfm.apply_image(np.zeros((100, 60, 3), dtype=np.uint8))
         factor = out.shape[0] / 100
         assert 1.0 <= factor <= 2.0 and abs(out.shape[1] - 60 * factor) <= 1
-    cfg = get_cfg(overrides=["INPUT.DATASET_MAPPER_NAME", "scale_crop", "INPUT.IMAGE_SIZE", "64",
-                             "INPUT.MIN_SCALE", "2.0", "INPUT.MAX_SCALE", "2.0", "INPUT.TEST_SCALE", "1.5"])
+    cfg = get_cfg(
+        overrides=[
+            "INPUT.DATASET_MAPPER_NAME",
+            "scale_crop",
+            "INPUT.IMAGE_SIZE",
+            "64",
+            "INPUT.MIN_SCALE",
+            "2.0",
+            "INPUT.MAX_SCALE",
+            "2.0",
+            "INPUT.TEST_SCALE",
+            "1.5",
+        ]
+    )
     augs = build_train_augmentations(cfg)
     assert [type(a).__name__ for a in augs] == ["RandomFlip", "RandomScale", "FixedSizeCrop"]
     test_tfm = build_test_resize(cfg).get_transform(40, 30, rng)

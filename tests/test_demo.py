@@ -1,5 +1,5 @@
 """demo/demo.py end to end with a tiny random model: files written, threshold applied, bad inputs named."""
-import importlib.util
+
 import json
 import os
 
@@ -15,32 +15,49 @@ from mask2former_sim.predictor import Predictor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_OVERRIDES = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.BACKBONE.NAME", "resnet18",
-    "MODEL.BACKBONE.FREEZE_BN", "False",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", "4",
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", "64",
-    "MODEL.SEM_SEG_HEAD.MSDA_IMPL", "pytorch",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8",
-    "MODEL.MASK_FORMER.NHEADS", "4",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "128",
-    "TEST.DETECTIONS_PER_IMAGE", "8",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.BACKBONE.NAME",
+    "resnet18",
+    "MODEL.BACKBONE.FREEZE_BN",
+    "False",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+    "3",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM",
+    "32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+    "1",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
+    "4",
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD",
+    "64",
+    "MODEL.SEM_SEG_HEAD.MSDA_IMPL",
+    "pytorch",
+    "MODEL.MASK_FORMER.HIDDEN_DIM",
+    "32",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+    "8",
+    "MODEL.MASK_FORMER.NHEADS",
+    "4",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
+    "64",
+    "MODEL.MASK_FORMER.DEC_LAYERS",
+    "2",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "8",
 ]
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("demo_main", os.path.join(REPO, "demo", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from demo import demo
+
+    return demo
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +76,12 @@ def setup(tmp_path_factory):
     for name, (h, w) in {"a.png": (90, 120), "b.jpg": (70, 60)}.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / name)
     overrides = TINY_OVERRIDES + [
-        "MODEL.WEIGHTS", str(weights),
-        "DATASETS.REGISTER", f"['demo_test:{root / 'ann.json'}:{images}']",
-        "DATASETS.TEST", "('demo_test',)",
+        "MODEL.WEIGHTS",
+        str(weights),
+        "DATASETS.REGISTER",
+        f"['demo_test:{root / 'ann.json'}:{images}']",
+        "DATASETS.TEST",
+        "('demo_test',)",
     ]
     return root, images, overrides
 
@@ -69,8 +89,19 @@ def setup(tmp_path_factory):
 def run_demo(setup, threshold, out_name, extra_inputs=()):
     root, images, overrides = setup
     out = root / out_name
-    argv = ["--config-file", str(root / "tiny.yaml"), "--input", str(images), *extra_inputs, "--output", str(out),
-            "--confidence-threshold", str(threshold), "--opts", *overrides]
+    argv = [
+        "--config-file",
+        str(root / "tiny.yaml"),
+        "--input",
+        str(images),
+        *extra_inputs,
+        "--output",
+        str(out),
+        "--confidence-threshold",
+        str(threshold),
+        "--opts",
+        *overrides,
+    ]
     code = load_demo().main(argv)
     return code, out, json.loads((out / "predictions.json").read_text())
 

@@ -1,4 +1,5 @@
 """Checkpoints: full round trip, weights_only loading, clear errors, weight loading, SIGKILL-safe writes."""
+
 import os
 import random
 import signal
@@ -14,8 +15,8 @@ from torch import nn
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.engine.checkpoint import (
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     load_checkpoint_file,
     load_model_weights,
 )

@@ -1,10 +1,11 @@
 """Two gloo processes with batch b train exactly like one process with batch 2b (losses and gradients)."""
+
 import os
 
 import pytest
 import torch
-
 from _engine_fakes import FakeModel, engine_cfg, fake_train_loader
+
 from mask2former_sim.engine import Trainer, launch, seed_all_rng
 from mask2former_sim.engine.checkpoint import unwrap_model
 from mask2former_sim.utils import comm

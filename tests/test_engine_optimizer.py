@@ -1,4 +1,5 @@
 """Parameter groups (backbone lr, no decay on norms/embeddings/Swin tables) and gradient clipping."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,12 +1,13 @@
 """Resume reproduces an uninterrupted run; the loop logs, checkpoints, and handles non-finite losses."""
+
 import functools
 import json
 import os
 
 import pytest
 import torch
-
 from _engine_fakes import FakeModel, StopTraining, engine_cfg, fake_train_loader
+
 from mask2former_sim.engine import Trainer, seed_all_rng
 
 
@@ -43,7 +44,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, accum):
     assert second.resume_or_load(resume=True) == 6
     second.train()
     assert calls == [6]  # the data stream restarts at the first iteration not yet done
-    assert second.model.iters_seen == [6, 7]
+    assert second.model.iters_seen == [i for i in (6, 7) for _ in range(accum)]  # every micro-batch's forward
     for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name  # bitwise on the CPU
     assert full.optimizer.param_groups[0]["lr"] == second.optimizer.param_groups[0]["lr"]
@@ -98,7 +99,7 @@ def test_consecutive_nonfinite_losses_stop_training(tmp_path):
 
 def test_model_must_return_scalar_losses(tmp_path):
     class Bad(FakeModel):
-        def forward(self, batch):
+        def forward(self, batch, iteration=None):
             return {"loss_vec": torch.ones(3, requires_grad=True)}
 
     seed_all_rng(0)

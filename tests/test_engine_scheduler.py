@@ -1,4 +1,5 @@
 """Learning-rate schedules against hand-computed values."""
+
 import pytest
 import torch
 
@@ -33,7 +34,9 @@ def test_multistep_linear_warmup_hand_values():
 
 def test_multistep_constant_warmup_hand_values():
     opt = _optimizer((2.0,))
-    sched = WarmupMultiStepLR(opt, milestones=[3], gamma=0.5, warmup_factor=0.1, warmup_iters=2, warmup_method="constant")
+    sched = WarmupMultiStepLR(
+        opt, milestones=[3], gamma=0.5, warmup_factor=0.1, warmup_iters=2, warmup_method="constant"
+    )
     assert [r[0] for r in _run(sched, opt, 5)] == pytest.approx([0.2, 0.2, 2.0, 1.0, 1.0])
 
 

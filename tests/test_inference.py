@@ -1,4 +1,5 @@
 """Instance inference: output sizes, scores, classes, mask-derived boxes (brute force), sliding-window dispatch."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,10 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mask2former_sim.modeling import sliding_window as sliding_window_module
-from mask2former_sim.modeling.criterion import SetCriterion, mask_weight_dict
-from mask2former_sim.modeling.matcher import HungarianMatcher, MaskCost
+from mask2former_sim.modeling.criterion import ClassificationLoss, SetCriterion
+from mask2former_sim.modeling.mask_supervision import MaskCost, PointSampledMaskLoss
+from mask2former_sim.modeling.matcher import HungarianMatcher
 from mask2former_sim.modeling.meta_arch import MaskFormer, pad_images
 from mask2former_sim.modeling.postprocessing import instance_inference, masks_to_boxes, topk_queries
+from mask2former_sim.modeling.targets import image_targets
 
 NUM_CLASSES, NUM_QUERIES, DIM = 3, 5, 8
 
@@ -36,18 +39,38 @@ class StubDecoder(nn.Module):
 
     def forward(self, x, mask_features, mask=None):
         masks = torch.einsum("qc,bchw->bqhw", self.embed, mask_features)
-        return {"pred_logits": self.logits[None].expand(mask_features.shape[0], -1, -1), "pred_masks": masks,
-                "aux_outputs": []}
+        return {
+            "pred_logits": self.logits[None].expand(mask_features.shape[0], -1, -1),
+            "pred_masks": masks,
+            "aux_outputs": [],
+        }
 
 
 def stub_model(topk=7, sliding_window=None):
     torch.manual_seed(0)
-    criterion = SetCriterion(num_classes=NUM_CLASSES, matcher=HungarianMatcher(cost=MaskCost(num_points=16)),
-                             weight_dict=mask_weight_dict(2.0, 5.0, 5.0, 0), eos_coef=0.1, losses=["labels", "masks"],
-                             num_points=16, oversample_ratio=3.0, importance_sample_ratio=0.75)
-    return MaskFormer(backbone=StubBackbone(), pixel_decoder=StubPixelDecoder(), transformer_decoder=StubDecoder(),
-                      criterion=criterion, supervision="mask", size_divisibility=32, pixel_mean=[120.0] * 3,
-                      pixel_std=[60.0] * 3, test_topk=topk, sliding_window=sliding_window).eval()
+    families = [
+        ("labels", ClassificationLoss(num_classes=NUM_CLASSES, eos_coef=0.1)),
+        ("masks", PointSampledMaskLoss(num_points=16, oversample_ratio=3.0, importance_sample_ratio=0.75)),
+    ]
+    criterion = SetCriterion(
+        matcher=HungarianMatcher(cost=MaskCost(num_points=16)),
+        families=families,
+        weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
+    )
+    return MaskFormer(
+        backbone=StubBackbone(),
+        pixel_decoder=StubPixelDecoder(),
+        transformer_decoder=StubDecoder(),
+        criterion=criterion,
+        supervision="mask",
+        num_classes=NUM_CLASSES,
+        gt_masks=True,
+        size_divisibility=32,
+        pixel_mean=[120.0] * 3,
+        pixel_std=[60.0] * 3,
+        test_topk=topk,
+        sliding_window=sliding_window,
+    ).eval()
 
 
 def brute_force_box(mask: np.ndarray):
@@ -96,8 +119,10 @@ def test_pad_images_zero_pads_to_divisibility():
 
 def test_eval_outputs_at_original_size_with_tight_boxes():
     model = stub_model(topk=7)
-    images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8),
-              torch.randint(0, 256, (3, 64, 36), dtype=torch.uint8)]
+    images = [
+        torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8),
+        torch.randint(0, 256, (3, 64, 36), dtype=torch.uint8),
+    ]
     inputs = [{"image": images[0], "height": 80, "width": 112}, {"image": images[1], "height": 64, "width": 36}]
     results = model(inputs)
     assert len(results) == 2
@@ -133,7 +158,7 @@ def test_train_mode_returns_weighted_scalar_losses_and_never_reads_masks_in_box_
     inst = {"gt_boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]]), "gt_classes": torch.tensor([1]), "gt_masks": gt_masks}
     losses = model([{"image": image, "height": 40, "width": 56, "instances": inst}])
     assert set(losses) == {"loss_ce", "loss_mask", "loss_dice"} and all(v.dim() == 0 for v in losses.values())
-    targets = model.prepare_targets([{"image": image, "instances": inst}], (64, 64))
+    targets = model.build_targets([{"image": image, "instances": inst}], (64, 64))
     assert targets[0]["padding_mask"][:40, :56].logical_not().all() and targets[0]["padding_mask"][40:].all()
     assert targets[0]["masks"].shape == (1, 64, 64) and targets[0]["masks"].sum() == gt_masks.sum()
 
@@ -147,14 +172,22 @@ def test_train_mode_returns_weighted_scalar_losses_and_never_reads_masks_in_box_
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         model([{"image": image, "height": 40, "width": 56, "instances": bad}])
 
-    model.supervision = "box"
-    targets = model.prepare_targets([{"image": image, "instances": Poison(inst)}], (64, 64))
+    targets = image_targets(
+        [{"image": image, "instances": Poison(inst)}], (64, 64), torch.device("cpu"), NUM_CLASSES, with_masks=False
+    )  # what box and SIM supervision build
     assert "masks" not in targets[0]
 
 
-def test_iteration_buffer_round_trips_through_state_dict():
-    model = stub_model()
-    model.set_iter(1234)
+def test_training_iteration_is_recorded_and_round_trips_through_state_dict():
+    model = stub_model().train()
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    inst = {
+        "gt_boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]),
+        "gt_classes": torch.tensor([1]),
+        "gt_masks": torch.ones(1, 32, 32, dtype=torch.bool),
+    }
+    model([{"image": image, "height": 32, "width": 32, "instances": inst}], iteration=1234)
+    assert model.current_iter == 1234
     fresh = stub_model()
     fresh.load_state_dict(model.state_dict())
     assert fresh.current_iter == 1234

@@ -1,4 +1,5 @@
 """Hungarian matcher: optimal against brute force, robust to non-finite costs, empty and rectangular cases."""
+
 import itertools
 import logging
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from mask2former_sim.modeling.losses.mask import batch_dice_cost, batch_sigmoid_ce_cost
-from mask2former_sim.modeling.matcher import HungarianMatcher, MaskCost, sanitize_cost
+from mask2former_sim.modeling.mask_supervision import MaskCost
+from mask2former_sim.modeling.matcher import HungarianMatcher, sanitize_cost
 
 
 class FixedCost:
@@ -75,17 +77,19 @@ def test_mask_cost_assignment_optimal_and_matches_formula():
     num_q, num_n, num_points = 5, 3, 64
     outputs = fake_outputs(1, num_q)
     target = fake_target(num_n)
-    cost = MaskCost(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points,
-                    generator=torch.Generator().manual_seed(7))
+    cost = MaskCost(
+        cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points, generator=torch.Generator().manual_seed(7)
+    )
     matcher = HungarianMatcher(cost=cost)
-    (rows, cols), = matcher(outputs, [target])
+    ((rows, cols),) = matcher(outputs, [target])
     check_valid(rows, cols, num_q, num_n)
 
     # the same points again (same seed), then every term by hand with a loop-based bilinear sampler
     coords = torch.rand(1, num_points, 2, generator=torch.Generator().manual_seed(7))
     outputs_b = {k: v[0] for k, v in outputs.items()}
-    recomputed = MaskCost(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points,
-                          generator=torch.Generator().manual_seed(7))(outputs_b, target)
+    recomputed = MaskCost(
+        cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=num_points, generator=torch.Generator().manual_seed(7)
+    )(outputs_b, target)
 
     def sample(maps, pts):
         """Bilinear interpolation with align_corners=False and zero padding, written as a loop."""
@@ -131,8 +135,9 @@ def test_batch_costs_match_loops():
 
 
 def test_nonfinite_costs_give_valid_assignment_and_warn_once(caplog):
-    matrix = torch.tensor([[float("nan"), 1.0, 2.0], [float("inf"), 0.5, float("-inf")], [0.1, float("nan"), 3.0],
-                           [1.0, 1.0, 1.0]])
+    matrix = torch.tensor(
+        [[float("nan"), 1.0, 2.0], [float("inf"), 0.5, float("-inf")], [0.1, float("nan"), 3.0], [1.0, 1.0, 1.0]]
+    )
     matcher = HungarianMatcher(cost=FixedCost([matrix, matrix.clone()]))
     with caplog.at_level(logging.WARNING, logger="mask2former_sim.modeling.matcher"):
         indices = matcher(fake_outputs(2, 4), [fake_target(3), fake_target(3)])

@@ -1,5 +1,6 @@
 """Multi-scale deformable attention: the pure-PyTorch op against a naive loop reference, gradcheck, dispatch,
 and the ``MSDeformAttn`` module's location arithmetic."""
+
 import importlib
 import math
 
@@ -61,8 +62,9 @@ def test_pytorch_matches_naive_loops_float64():
 def test_points_far_outside_sample_zero():
     value, shapes, start, locations, weights = _inputs()
     locations = torch.full_like(locations, 1.5)  # every point more than one pixel outside every level
-    assert torch.equal(ms_deform_attn_pytorch(value, shapes, start, locations, weights),
-                       torch.zeros(2, 3, 6, dtype=torch.float64))
+    assert torch.equal(
+        ms_deform_attn_pytorch(value, shapes, start, locations, weights), torch.zeros(2, 3, 6, dtype=torch.float64)
+    )
 
 
 def test_pixel_centre_returns_the_pixel_value():
@@ -77,8 +79,7 @@ def test_pixel_centre_returns_the_pixel_value():
 def test_matches_transformers_reference():
     modeling = pytest.importorskip("transformers.models.mask2former.modeling_mask2former")
     value, shapes, start, locations, weights = _inputs(dtype=torch.float32, seed=1)
-    expected = modeling.multi_scale_deformable_attention(value, [tuple(s) for s in shapes.tolist()],
-                                                         locations, weights)
+    expected = modeling.multi_scale_deformable_attention(value, [tuple(s) for s in shapes.tolist()], locations, weights)
     got = ms_deform_attn_pytorch(value, shapes, start, locations, weights)
     assert torch.allclose(got, expected, atol=1e-6)
 
@@ -89,8 +90,10 @@ def test_gradcheck_float64():
     locations.requires_grad_(True)
     weights.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda v, loc, a: ms_deform_attn_pytorch(v, shapes, start, loc, a), (value, locations, weights),
-        eps=1e-6, atol=1e-6,
+        lambda v, loc, a: ms_deform_attn_pytorch(v, shapes, start, loc, a),
+        (value, locations, weights),
+        eps=1e-6,
+        atol=1e-6,
     )
 
 

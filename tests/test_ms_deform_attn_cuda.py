@@ -6,7 +6,8 @@ doubles, aligned rows) or one channel per thread, and the backward reductions (w
 threads divide 32; shared-memory tree for other D <= 1024; global atomics for D > 1024). Needs a CUDA device and
 the built op; skipped otherwise.
 """
-from typing import List, Sequence, Tuple
+
+from typing import Sequence, Tuple
 
 import pytest
 import torch
@@ -15,11 +16,13 @@ from mask2former_sim.layers import ms_deform_attn_cuda
 from mask2former_sim.layers.ms_deform_attn import ms_deform_attn_pytorch
 
 if not torch.cuda.is_available():
-    pytest.skip(f"no CUDA device: torch {torch.__version__} sees no GPU, and the op's kernels need one",
-                allow_module_level=True)
+    pytest.skip(
+        f"no CUDA device: torch {torch.__version__} sees no GPU, and the op's kernels need one", allow_module_level=True
+    )
 if not ms_deform_attn_cuda.is_available():
-    pytest.skip(f"MultiScaleDeformableAttention op not built: {ms_deform_attn_cuda.build_hint()}",
-                allow_module_level=True)
+    pytest.skip(
+        f"MultiScaleDeformableAttention op not built: {ms_deform_attn_cuda.build_hint()}", allow_module_level=True
+    )
 
 MSDeformAttnFunction = ms_deform_attn_cuda.MSDeformAttnFunction
 SHAPES = [(6, 4), (3, 2)]  # (H, W) per level, as the official Deformable DETR test
@@ -27,8 +30,16 @@ GRADCHECK_CHANNELS = [30, 32, 64, 71, 1025, 2048, 3096]
 Inputs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def make_inputs(batch: int, heads: int, channels: int, queries: int, shapes: Sequence[Tuple[int, int]],
-                points: int, dtype: torch.dtype, seed: int = 3) -> Inputs:
+def make_inputs(
+    batch: int,
+    heads: int,
+    channels: int,
+    queries: int,
+    shapes: Sequence[Tuple[int, int]],
+    points: int,
+    dtype: torch.dtype,
+    seed: int = 3,
+) -> Inputs:
     """Random (value, spatial_shapes, level_start_index, sampling_locations, attention_weights) on CUDA.
 
     Locations lie in [-0.1, 1.1] so that some samples straddle or leave the maps (zero padding).
@@ -44,8 +55,13 @@ def make_inputs(batch: int, heads: int, channels: int, queries: int, shapes: Seq
     weights = torch.rand(batch, queries, heads, levels, points, generator=generator, dtype=torch.float64) + 1e-5
     weights = weights / weights.sum((-1, -2), keepdim=True)
     device = torch.device("cuda")
-    return (value.to(device, dtype), spatial_shapes.to(device), level_start_index.to(device),
-            locations.to(device, dtype), weights.to(device, dtype))
+    return (
+        value.to(device, dtype),
+        spatial_shapes.to(device),
+        level_start_index.to(device),
+        locations.to(device, dtype),
+        weights.to(device, dtype),
+    )
 
 
 def run_op(inputs: Inputs, im2col_step: int = 2) -> torch.Tensor:

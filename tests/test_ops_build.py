@@ -3,6 +3,7 @@
 The build checks run only when ``M2F_SIM_CHECK_OPS_BUILD=1`` (CI sets it after ``.ci/build_ops.sh``); the kernels
 themselves are tested on a GPU in ``test_ms_deform_attn_cuda.py``.
 """
+
 import importlib
 import os
 

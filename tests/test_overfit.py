@@ -4,6 +4,7 @@ Exercises build_model, the criterion with deep supervision, the matcher and the 
 total loss must fall by at least 80% and, in eval mode, the best-scoring prediction of each GT's class must
 cover the GT mask with IoU ≥ 0.8.
 """
+
 import os
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def draw_shape(label: int, cx: int, cy: int, r: int) -> np.ndarray:
     if label == 0:
         return (abs(xs - cx) <= r) & (abs(ys - cy) <= r)
     if label == 1:
-        return (xs - cx) ** 2 + (ys - cy) ** 2 <= r ** 2
+        return (xs - cx) ** 2 + (ys - cy) ** 2 <= r**2
     return (ys <= cy + r) & (ys - (cy - r) >= 2 * abs(xs - cx))
 
 
@@ -48,16 +49,18 @@ def make_images():
             masks.append(mask)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             classes.append(label)
-        inputs.append({
-            "image": torch.as_tensor(image).permute(2, 0, 1).contiguous(),
-            "height": SIZE,
-            "width": SIZE,
-            "instances": {
-                "gt_boxes": torch.tensor(boxes, dtype=torch.float32),
-                "gt_classes": torch.tensor(classes, dtype=torch.int64),
-                "gt_masks": torch.as_tensor(np.stack(masks)),
-            },
-        })
+        inputs.append(
+            {
+                "image": torch.as_tensor(image).permute(2, 0, 1).contiguous(),
+                "height": SIZE,
+                "width": SIZE,
+                "instances": {
+                    "gt_boxes": torch.tensor(boxes, dtype=torch.float32),
+                    "gt_classes": torch.tensor(classes, dtype=torch.int64),
+                    "gt_masks": torch.as_tensor(np.stack(masks)),
+                },
+            }
+        )
     return inputs
 
 

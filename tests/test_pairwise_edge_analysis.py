@@ -1,22 +1,18 @@
 """tools/pairwise_edge_analysis.py: the edge classes and costs of a GT mask and of its outline, counted by hand."""
-import importlib.util
+
 import math
-import os
 
 import pytest
 import torch
 
 from mask2former_sim.modeling.losses.boxinst import images_color_similarity
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "pairwise_edge_analysis.py")
-
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("pairwise_edge_analysis", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import pairwise_edge_analysis
+
+    return pairwise_edge_analysis
 
 
 def _disagreeing_edge_cost(logit):

@@ -3,6 +3,7 @@
 Built on the meta device (shapes only, no memory, no init cost). Measured with timm 1.0.31:
 R50 43.97M, R101 62.91M, Swin-T 47.42M, Swin-S 68.74M, Swin-B(384) 106.90M, Swin-L(384, 200 queries) 215.52M.
 """
+
 import os
 
 import pytest

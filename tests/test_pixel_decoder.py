@@ -1,4 +1,5 @@
 """MSDeformAttnPixelDecoder and the sine position encoding: shapes, strides, fp32 under autocast, hand values."""
+
 import math
 
 import torch
@@ -57,6 +58,14 @@ def test_sine_encoding_hand_value():
     assert out.shape == (1, 8, 2, 4)
     # pixel (row 1, col 2): y = 2/2 * 2pi, x = 3/4 * 2pi; channels (sin, cos) at frequencies 1 and 1/100
     y, x = 2 * math.pi * 2 / (2 + 1e-6), 2 * math.pi * 3 / (4 + 1e-6)
-    expected = [math.sin(y), math.cos(y), math.sin(y / 100), math.cos(y / 100),
-                math.sin(x), math.cos(x), math.sin(x / 100), math.cos(x / 100)]
+    expected = [
+        math.sin(y),
+        math.cos(y),
+        math.sin(y / 100),
+        math.cos(y / 100),
+        math.sin(x),
+        math.cos(x),
+        math.sin(x / 100),
+        math.cos(x / 100),
+    ]
     assert torch.allclose(out[0, :, 1, 2], torch.tensor(expected), atol=1e-5)

@@ -1,5 +1,6 @@
 """Online weakly-supervised copy-paste (SPEC §6): the occlusion update by hand, pixel-exact pastes at input
 resolution, the bank stores copies."""
+
 import pytest
 import torch
 
@@ -22,7 +23,9 @@ def _entry(masks, image_value=200, scores=None):
     return {
         "image": torch.full((3, h, w), image_value, dtype=torch.uint8),
         "padding_mask": torch.zeros(h, w, dtype=torch.bool),
-        "boxes": torch.zeros(k, 4), "classes": torch.arange(k) + 1, "masks": encode_masks(masks.bool()),
+        "boxes": torch.zeros(k, 4),
+        "classes": torch.arange(k) + 1,
+        "masks": encode_masks(masks.bool()),
         "scores": torch.ones(k) if scores is None else scores,
     }
 
@@ -31,13 +34,17 @@ def test_occlusion_update_by_hand():
     h = w = 12
     image = torch.zeros(3, h, w, dtype=torch.uint8)
     padding = torch.zeros(h, w, dtype=torch.bool)
-    boxes = torch.tensor([[2.0, 2.0, 5.0, 5.0],   # fully covered by the paste -> removed
-                          [1.0, 1.0, 9.0, 9.0],   # right part covered -> box shrinks to x in [1, 6)
-                          [10.0, 10.0, 12.0, 12.0]])  # untouched -> box kept exactly
+    boxes = torch.tensor(
+        [
+            [2.0, 2.0, 5.0, 5.0],  # fully covered by the paste -> removed
+            [1.0, 1.0, 9.0, 9.0],  # right part covered -> box shrinks to x in [1, 6)
+            [10.0, 10.0, 12.0, 12.0],
+        ]
+    )  # untouched -> box kept exactly
     classes = torch.tensor([0, 1, 2])
     paste = torch.zeros(1, h, w)
     paste[0, 0:10, 2:10] = 1  # covers box 0 and columns 2..9 of box 1 ... and rows 0..9
-    paste[0, :, 2:6] = 0       # leave columns 2..5 free again except where box 0 lies
+    paste[0, :, 2:6] = 0  # leave columns 2..5 free again except where box 0 lies
     paste[0, 2:5, 2:5] = 1
     entry = _entry(paste, image_value=77)
     out = paste_instances(image, padding, boxes, classes, entry, torch.tensor([0]))
@@ -68,8 +75,9 @@ def test_paste_is_pixel_exact_at_input_resolution_and_respects_padding():
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     for i in range(7):  # a diagonal staircase: not expressible with 4x4 (stride-4) blocks
         mask[0, i, i : i + 2] = True
-    out = paste_instances(image, padding, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64),
-                          _entry(mask), torch.tensor([0]))
+    out = paste_instances(
+        image, padding, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), _entry(mask), torch.tensor([0])
+    )
     expected = mask[0] & ~padding  # padding columns 6-7 are not pasted
     assert torch.equal(out["paste_masks"][0], expected)
     assert torch.equal(out["occlusion"], expected)
@@ -83,8 +91,14 @@ def test_rle_round_trip_and_a_smaller_target_image():
     assert torch.equal(decode_masks(rles, torch.tensor([2, 0])), masks[[2, 0]])
     assert decode_masks(rles, torch.zeros(0, dtype=torch.int64)).shape == (0, 9, 7)
     # pasting a 9x7 bank mask onto a 5x5 image keeps the overlapping part at the same location
-    out = paste_instances(torch.zeros(3, 5, 5, dtype=torch.uint8), torch.zeros(5, 5, dtype=torch.bool),
-                          torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), _entry(masks), torch.tensor([1]))
+    out = paste_instances(
+        torch.zeros(3, 5, 5, dtype=torch.uint8),
+        torch.zeros(5, 5, dtype=torch.bool),
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.int64),
+        _entry(masks),
+        torch.tensor([1]),
+    )
     assert bool(masks[1, :5, :5].any())
     assert torch.equal(out["paste_masks"][0], masks[1, :5, :5])
 
@@ -92,8 +106,14 @@ def test_rle_round_trip_and_a_smaller_target_image():
 def test_bank_stores_copies_and_is_fifo():
     bank = MemoryBank(2)
     masks = torch.ones(1, 3, 3, dtype=torch.bool)
-    entry = {"image": torch.full((3, 3, 3), 200, dtype=torch.uint8), "padding_mask": torch.zeros(3, 3, dtype=torch.bool),
-             "boxes": torch.zeros(1, 4), "classes": torch.ones(1), "masks": masks, "scores": torch.ones(1)}
+    entry = {
+        "image": torch.full((3, 3, 3), 200, dtype=torch.uint8),
+        "padding_mask": torch.zeros(3, 3, dtype=torch.bool),
+        "boxes": torch.zeros(1, 4),
+        "classes": torch.ones(1),
+        "masks": masks,
+        "scores": torch.ones(1),
+    }
     bank.push(entry)
     entry["image"].fill_(5)
     entry["masks"].fill_(False)

@@ -1,4 +1,5 @@
 """SIM prototypes (Eq. 1-5): Sinkhorn-Knopp marginals and clustering, the prototype update by hand, M_S."""
+
 import math
 
 import torch
@@ -90,13 +91,13 @@ def test_bank_update_matches_hand_steps_keeps_unit_norm_and_leaves_absent_classe
     p = before[1].clone()
     for feats in (feats_a, feats_b):
         assign = sinkhorn_knopp(feats @ p.T, 3, 0.05).argmax(1)
-        for l in range(2):
-            sel = feats[assign == l]
+        for k in range(2):
+            sel = feats[assign == k]
             if len(sel):
                 c = sel.mean(0)
                 c = c / c.norm()
-                q = 0.5 * p[l] + 0.5 * c
-                p[l] = q / q.norm()
+                q = 0.5 * p[k] + 0.5 * c
+                p[k] = q / q.norm()
     torch.testing.assert_close(bank.prototypes[1], p)
     torch.testing.assert_close(bank.prototypes.norm(dim=-1), torch.ones(3, 2))
     assert torch.equal(bank.prototypes[0], before[0]) and torch.equal(bank.prototypes[2], before[2])
@@ -109,7 +110,7 @@ def test_semantic_map_is_sigmoid_of_max_cosine_over_temperature():
     ms = semantic_map(feats, protos, temperature=0.5)
     for y in range(3):
         for x in range(5):
-            best = max(float(feats[:, y, x] @ protos[l]) for l in range(2))
+            best = max(float(feats[:, y, x] @ protos[k]) for k in range(2))
             assert math.isclose(float(ms[y, x]), 1 / (1 + math.exp(-best / 0.5)), rel_tol=1e-5)
     # batched over instances' classes: (K, L, D) -> (K, h, w)
     assert semantic_map(feats, protos[None].expand(3, -1, -1), 1.0).shape == (3, 3, 5)

@@ -1,27 +1,34 @@
-"""SIM pseudo masks (Eq. 6, 7, 11) and losses (Eq. 8, 9) against hand computations."""
+"""SIM pseudo masks (Eq. 6, 7, 11) and losses (Eq. 8, 9) against hand computations and per-GT references."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mask2former_sim.modeling.losses.sim import (
-    paste_loss,
-    pseudo_mask_loss,
-    weighted_bce_with_logits,
-    weighted_dice_loss,
-)
+from mask2former_sim.modeling.losses.sim import weighted_bce_with_logits, weighted_dice_loss, weighted_mask_loss
 from mask2former_sim.modeling.sim.pseudo_masks import (
     dynamic_tau_high,
     full_resolution_pseudo_masks,
     fuse_maps,
     gather_positives,
-    instance_map,
     instance_maps,
+    mask_box_iou,
     mask_score,
-    positive_weights,
     threshold_pseudo_mask,
 )
+
+
+def positive_weights(mask_probs, gt_box, stride, mu):
+    """Reference Eq. 6 for ONE GT, written out per positive: w_p = exp(μ·IoU_p) / Σ exp(μ·IoU_p')."""
+    ious = [float(mask_box_iou(p[None], gt_box[None], stride)[0]) for p in mask_probs]
+    raw = torch.tensor([math.exp(mu * iou) for iou in ious], dtype=torch.float64)
+    return (raw / raw.sum()).float()
+
+
+def instance_map(mask_probs, weights):
+    """Reference M_I = Σ_p w_p·σ(m_p) for one GT."""
+    return sum(w * p for w, p in zip(weights, mask_probs))
 
 
 def _rect(h, w, y0, y1, x0, x1, value=0.9):
@@ -33,17 +40,20 @@ def _rect(h, w, y0, y1, x0, x1, value=0.9):
 def test_positive_weights_are_exp_mu_iou_normalised_by_hand():
     # stride 4; GT box = stride-4 pixels [2, 6) x [2, 6) -> input (8, 8, 24, 24)
     gt = torch.tensor([8.0, 8.0, 24.0, 24.0])
-    probs = torch.stack([
-        _rect(10, 10, 2, 6, 2, 6),  # box (8, 8, 24, 24): IoU 1
-        _rect(10, 10, 2, 6, 2, 4),  # box (8, 8, 16, 24): IoU 0.5
-        torch.full((10, 10), 0.2),  # empty mask: IoU 0
-    ])
-    w = positive_weights(probs, gt, stride=4, mu=5.0)
+    probs = torch.stack(
+        [
+            _rect(10, 10, 2, 6, 2, 6),  # box (8, 8, 24, 24): IoU 1
+            _rect(10, 10, 2, 6, 2, 4),  # box (8, 8, 16, 24): IoU 0.5
+            torch.full((10, 10), 0.2),  # empty mask: IoU 0
+        ]
+    )
+    group = torch.zeros(3, dtype=torch.int64)
+    w, m_i = instance_maps(probs, gt.expand(3, 4), group, 1, stride=4, mu=5.0)
     raw = torch.tensor([math.exp(5 * 1.0), math.exp(5 * 0.5), math.exp(0.0)])
     torch.testing.assert_close(w, (raw / raw.sum()).float())
-    m_i = instance_map(probs, w)
-    torch.testing.assert_close(m_i, sum(wi * p for wi, p in zip(w, probs)))
-    torch.testing.assert_close(positive_weights(probs, gt, 4, 0.0), torch.full((3,), 1 / 3))  # μ = 0: plain mean
+    torch.testing.assert_close(m_i[0], sum(wi * p for wi, p in zip(w, probs)))
+    w0, _ = instance_maps(probs, gt.expand(3, 4), group, 1, stride=4, mu=0.0)
+    torch.testing.assert_close(w0, torch.full((3,), 1 / 3))  # μ = 0: plain mean
 
 
 def test_fusion_is_the_alpha_blend_of_eq7_everywhere():
@@ -79,8 +89,12 @@ def test_full_resolution_pseudo_masks_by_hand():
     masks = full_resolution_pseudo_masks(prob, torch.tensor([0.5, 0.7]), region, stride=2)
     assert torch.equal(masks[0], expected_prob >= 0.5)
     assert masks[0].sum() == 4 and bool(masks[0, :2, :2].all())  # 1, .75, .75, .5625
-    assert masks[1].tolist() == [[True, False, False, False], [True, False, False, False],
-                                 [False] * 4, [False] * 4]  # 0.75 >= 0.7 at (1, 0); (0, 1) outside the region
+    assert masks[1].tolist() == [
+        [True, False, False, False],
+        [True, False, False, False],
+        [False] * 4,
+        [False] * 4,
+    ]  # 0.75 >= 0.7 at (1, 0); (0, 1) outside the region
     # an image smaller than the padded map: cropped to the region's size
     assert full_resolution_pseudo_masks(prob[:1], torch.tensor([0.5]), region[:1, :3, :2], 2).shape == (1, 3, 2)
 
@@ -122,8 +136,9 @@ def test_instance_maps_equal_the_per_gt_eq6_functions(mu):
     for p in range(len(group)):  # confident rectangles of varied fit, so the IoUs differ
         y0, x0 = torch.randint(0, 6, (2,), generator=g).tolist()
         probs[p, y0 : y0 + 4 + p % 3, x0 : x0 + 3 + p % 4] = 0.9
-    gt_boxes = torch.tensor([[4.0, 4.0, 28.0, 24.0], [0.0, 8.0, 20.0, 40.0], [8.0, 8.0, 16.0, 16.0],
-                             [12.0, 0.0, 40.0, 32.0]])
+    gt_boxes = torch.tensor(
+        [[4.0, 4.0, 28.0, 24.0], [0.0, 8.0, 20.0, 40.0], [8.0, 8.0, 16.0, 16.0], [12.0, 0.0, 40.0, 32.0]]
+    )
     weights, maps = instance_maps(probs, gt_boxes[group], group, num_gts, stride=4, mu=mu)
     assert torch.isfinite(weights).all() and torch.isfinite(maps).all()
     for k in range(num_gts):
@@ -155,7 +170,7 @@ def test_weighted_bce_and_dice_by_hand():
     dice0 = 1 - inter / den
     dice1 = 0.0  # nothing weighted: 1 - (0 + 1) / (0 + 1)
     assert math.isclose(float(weighted_dice_loss(logits, targets, weights, num)), (dice0 + dice1) / num, rel_tol=1e-5)
-    total = pseudo_mask_loss(logits.view(2, 2, 2), targets.view(2, 2, 2), weights.view(2, 2, 2), num)
+    total = weighted_mask_loss(logits.view(2, 2, 2), targets.view(2, 2, 2), weights.view(2, 2, 2), num)
     assert math.isclose(float(total), (bce0 + dice0 + dice1) / num, rel_tol=1e-5)
 
 
@@ -166,9 +181,9 @@ def test_losses_take_logits_not_probabilities_and_ignore_weight_zero_pixels():
     w_ignore = torch.tensor([[1.0, 1.0, 0.0]])
     assert float(weighted_bce_with_logits(logits, targets, w_ignore, 1.0)) < 1e-3  # confident and right
     assert float(weighted_bce_with_logits(logits, targets, w_all, 1.0)) > 0.2  # the ignored pixel counts now
-    # paste loss = unweighted (valid-masked) BCE + dice, gradients flow to the logits
+    # with all weights 1 (the paste loss on real pixels): plain BCE + dice, gradients flow to the logits
     x = logits.clone().requires_grad_(True)
-    loss = paste_loss(x, targets, w_all, 1.0)
+    loss = weighted_mask_loss(x, targets, w_all, 1.0)
     loss.backward()
     expected = F.binary_cross_entropy_with_logits(logits, targets) + weighted_dice_loss(logits, targets, w_all, 1.0)
     assert math.isclose(float(loss.detach()), float(expected), rel_tol=1e-5)
@@ -179,5 +194,6 @@ def test_losses_take_logits_not_probabilities_and_ignore_weight_zero_pixels():
 def test_loss_normalised_by_number_of_instances(num):
     logits, targets = torch.zeros(2, 5), torch.ones(2, 5)
     one = weighted_bce_with_logits(logits[:1], targets[:1], torch.ones(1, 5), 1.0)
-    assert math.isclose(float(weighted_bce_with_logits(logits, targets, torch.ones(2, 5), num)), 2 * float(one) / num,
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(weighted_bce_with_logits(logits, targets, torch.ones(2, 5), num)), 2 * float(one) / num, rel_tol=1e-6
+    )

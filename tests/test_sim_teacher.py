@@ -1,5 +1,6 @@
 """SIM's EMA teacher: the formula after k steps, frozen and outside the optimizer, copied after weight loading,
 kept on resume; a resumed SIM run continues with the same teacher and prototypes."""
+
 import os
 
 import pytest
@@ -104,31 +105,31 @@ def test_resumed_sim_run_continues_with_the_same_teacher_and_prototypes(tmp_path
 
 
 class TeacherFakeModel(nn.Module):
-    """The engine's fake model with a SIM-style EMA teacher submodule (frozen, updated in ``after_step``)."""
+    """The engine's fake model with a SIM-style EMA teacher submodule (frozen, updated after each optimizer step,
+    copied from the student at the first forward as ``MaskFormer`` does)."""
 
     def __init__(self):
         super().__init__()
         from _engine_fakes import FakeModel
 
         self.student = FakeModel()
-        self.teacher = EMATeacher(backbone=self.student.backbone, pixel_decoder=self.student.head,
-                                  transformer_decoder=nn.Identity(), momentum=0.5)
+        self.teacher = EMATeacher(
+            backbone=self.student.backbone,
+            pixel_decoder=self.student.head,
+            transformer_decoder=nn.Identity(),
+            momentum=0.5,
+        )
 
     def parts(self):
         return [self.student.backbone, self.student.head, nn.Identity()]
 
-    def init_teacher(self):
-        if not bool(self.teacher.initialized):
-            self.teacher.copy_from(self.parts())
-
-    def after_step(self):
+    def after_optimizer_step(self):
         self.teacher.update(self.parts())
 
-    def set_iter(self, iteration):
-        self.student.set_iter(iteration)
-
-    def forward(self, batch):
-        losses = self.student(batch)
+    def forward(self, batch, iteration=None):
+        if not bool(self.teacher.initialized):
+            self.teacher.copy_from(self.parts())
+        losses = self.student(batch, iteration)
         with torch.no_grad():  # the teacher takes part in the forward, as in SIM, without gradients
             x = torch.stack([d["x"] for d in batch])
             target = self.teacher.pixel_decoder(self.teacher.backbone(x))

@@ -1,6 +1,7 @@
 """SIM mode end to end on the tiny model: finite weighted losses with every key in the weight dict, pseudo masks
 reach the targets from START_ITER on, pasted instances get the paste and box losses (not the pseudo loss), the
 bank fills with input-resolution masks, the prototypes follow the student's features."""
+
 import os
 
 import pytest
@@ -8,8 +9,10 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
-from mask2former_sim.modeling.box_supervision import BoxInstLoss, add_box_targets
-from mask2former_sim.modeling.sim.criterion import PasteLoss, PseudoMaskLoss
+from mask2former_sim.modeling.box_supervision import BoxInstLoss
+from mask2former_sim.modeling.criterion import LossContext
+from mask2former_sim.modeling.losses.sim import weighted_mask_loss
+from mask2former_sim.modeling.sim.losses import paste_loss_family, pseudo_mask_loss_family
 from mask2former_sim.modeling.sim.memory_bank import box_raster, decode_masks
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
@@ -35,13 +38,41 @@ def _inputs(seed=0, size=32):
     g = torch.Generator().manual_seed(seed)
     batch = []
     for _ in range(2):
-        batch.append({
-            "image": torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=g),
-            "height": size, "width": size, "padding_mask": torch.zeros(size, size, dtype=torch.bool),
-            "instances": {"gt_boxes": torch.tensor([[2.0, 2.0, 15.0, 15.0], [10.0, 5.0, 30.0, 25.0]]),
-                          "gt_classes": torch.tensor([0, 2])},
-        })
+        batch.append(
+            {
+                "image": torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=g),
+                "height": size,
+                "width": size,
+                "padding_mask": torch.zeros(size, size, dtype=torch.bool),
+                "instances": {
+                    "gt_boxes": torch.tensor([[2.0, 2.0, 15.0, 15.0], [10.0, 5.0, 30.0, 25.0]]),
+                    "gt_classes": torch.tensor([0, 2]),
+                },
+            }
+        )
     return batch
+
+
+def _capture_sim_results(model):
+    """Record what the SIM supervisor returns at every training forward."""
+    results = []
+    forward = model.sim.forward
+
+    def spy(*args, **kwargs):
+        results.append(forward(*args, **kwargs))
+        return results[-1]
+
+    model.sim.forward = spy
+    return results
+
+
+def _targets_and_matches(model, batch):
+    images, _ = model.preprocess_images(batch)
+    targets = model.build_targets(batch, tuple(images.shape[-2:]))
+    with torch.no_grad():
+        outputs = model.forward_network(images)
+        indices = model.criterion.match(outputs, targets)
+    return images, targets, outputs, indices
 
 
 def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
@@ -50,16 +81,18 @@ def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
     cfg.LOG_PERIOD = 1  # the teacher statistics are computed at logging iterations
     model = build_model(cfg)
     model.train()
-    model.set_iter(0)
-    losses = model(_inputs())
+    results = _capture_sim_results(model)
+    losses = model(_inputs(), iteration=0)
     weights = model.criterion.weight_dict
     assert set(losses) == set(weights)  # every emitted key is weighted, every weighted key is emitted
     assert {"loss_pseudo", "loss_paste", "loss_proj", "loss_pairwise", "loss_ce", "loss_pseudo_2"} <= set(losses)
     assert weights["loss_pseudo"] == 2.5 and weights["loss_paste"] == 5.0 and weights["loss_pseudo_0"] == 2.5
     assert all(torch.isfinite(v) for v in losses.values())
     assert float(losses["loss_pseudo"].detach()) > 0
-    assert {"teacher_box_iou", "teacher_box_fill", "pseudo_fg_fraction", "bank_size"} <= set(model.sim.stats)
-    assert 0.0 <= model.sim.stats["teacher_box_fill"] <= 1.0
+    stats = results[0].stats
+    assert {"teacher_box_iou", "teacher_box_fill", "pseudo_fg_fraction", "bank_size"} <= set(stats)
+    assert 0.0 <= stats["teacher_box_fill"] <= 1.0
+    assert len(results[0].pseudo) == 2 and results[0].pseudo[0][0].shape == (2, 8, 8)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.sim.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer_decoder.parameters())
@@ -69,10 +102,11 @@ def test_before_start_iter_only_box_losses_train_but_prototypes_move():
     torch.manual_seed(0)
     model = build_model(_cfg(START_ITER=5, PROTO_MOMENTUM=0.5, INSTANCE_MAP_THRESH=0.0))
     model.train()
-    model.set_iter(0)
+    results = _capture_sim_results(model)
     before = model.sim.prototypes.prototypes.clone()
-    losses = model(_inputs())
+    losses = model(_inputs(), iteration=0)
     assert float(losses["loss_pseudo"].detach()) == 0 and float(losses["loss_paste"].detach()) == 0
+    assert results[0].pseudo is None and results[0].stats is None  # LOG_PERIOD 20: not a logging iteration
     assert not torch.equal(before, model.sim.prototypes.prototypes)
     assert len(model.sim.bank) == 0  # the bank fills only once SIM has started
     moved = (before - model.sim.prototypes.prototypes).abs().sum((1, 2)) > 0
@@ -83,8 +117,7 @@ def test_copy_paste_in_the_forward_and_pasted_instances_get_paste_and_box_losses
     torch.manual_seed(0)
     model = build_model(_cfg(COPY_PASTE__PROB=1.0, TAU_HIGH=0.3, TAU_LOW=0.2))  # low τ_high: masks reach the bank
     model.train()
-    model.set_iter(0)
-    model(_inputs(0))
+    model(_inputs(0), iteration=0)
     assert len(model.sim.bank) > 0
     entry = model.sim.bank.entries[0]
     masks = decode_masks(entry["masks"], torch.arange(len(entry["classes"])))
@@ -99,19 +132,19 @@ def test_copy_paste_in_the_forward_and_pasted_instances_get_paste_and_box_losses
     captured = {}
     original = model.criterion.forward
 
-    def spy(outputs, targets, indices=None):
+    def spy(outputs, targets, indices=None, iteration=0):
         captured["targets"] = targets
         captured["indices"] = indices
-        return original(outputs, targets, indices)
+        return original(outputs, targets, indices, iteration)
 
     model.criterion.forward = spy
     torch.manual_seed(3)
-    losses = model(_inputs(1))
+    losses = model(_inputs(1), iteration=1)
     targets = captured["targets"]
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(bool(t["pasted"].any()) for t in targets)  # PROB 1: every image gets a paste
     assert float(losses["loss_paste"].detach()) > 0
-    assert isinstance(model.criterion.loss_fns["boxinst"], BoxInstLoss)  # applied to every instance
+    assert isinstance(model.criterion.family("boxinst"), BoxInstLoss)  # applied to every instance
     for t in targets:
         # pasted rows: no pseudo weights and a paste mask; originals: no paste mask
         assert float(t["pseudo_weights"][t["pasted"]].sum()) == 0
@@ -121,24 +154,32 @@ def test_copy_paste_in_the_forward_and_pasted_instances_get_paste_and_box_losses
 
 def test_box_losses_include_pasted_instances():
     # one image, two matched instances, the second pasted: BoxInst's terms see both (the official code)
-    family = build_model(_cfg()).criterion.loss_fns["boxinst"]
+    family = build_model(_cfg()).criterion.family("boxinst")
     logits = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     box_masks = torch.zeros(2, 8, 8)
     box_masks[0, 1:4, 1:5] = 1
     box_masks[1, 4:8, 3:7] = 1
     target = {"box_masks": box_masks, "color_similarity": torch.ones(8, 8, 8), "pasted": torch.tensor([False, True])}
     indices = [(torch.tensor([0, 2]), torch.tensor([0, 1]))]
-    both = family({"pred_masks": logits}, [target], indices, 2.0)
-    unflagged = family({"pred_masks": logits}, [{**target, "pasted": torch.tensor([False, False])}], indices, 2.0)
-    first_only = family({"pred_masks": logits}, [target], [(torch.tensor([0]), torch.tensor([0]))], 2.0)
+    context = LossContext(num_masks=2.0, iteration=0)
+    both = family({"pred_masks": logits}, [target], indices, context)
+    unflagged = family({"pred_masks": logits}, [{**target, "pasted": torch.tensor([False, False])}], indices, context)
+    first_only = family({"pred_masks": logits}, [target], [(torch.tensor([0]), torch.tensor([0]))], context)
     for key in ("loss_proj", "loss_pairwise"):
         torch.testing.assert_close(both[key], unflagged[key])
+
     # projection: Σ over both instances / num_masks (dice by hand on the max projections)
     def dice(p, t):
         return 1 - 2 * (p * t).sum() / ((p * p).sum() + (t * t).sum() + 1e-5)
+
     probs = logits[0].sigmoid()
-    expected = sum(dice(probs[q].amax(0), box_masks[k].amax(0)) + dice(probs[q].amax(1), box_masks[k].amax(1))
-                   for q, k in ((0, 0), (2, 1))) / 2.0
+    expected = (
+        sum(
+            dice(probs[q].amax(0), box_masks[k].amax(0)) + dice(probs[q].amax(1), box_masks[k].amax(1))
+            for q, k in ((0, 0), (2, 1))
+        )
+        / 2.0
+    )
     torch.testing.assert_close(both["loss_proj"], expected)
     assert float(first_only["loss_proj"]) != float(both["loss_proj"])
 
@@ -152,13 +193,7 @@ def test_prototypes_are_centroids_of_the_students_features():
     model.train()
     model.init_teacher()
     batch = _inputs()
-    images, _ = model.preprocess_images(batch)
-    targets = model.prepare_targets(batch, tuple(images.shape[-2:]))
-    add_box_targets(targets, images * 0 + 128, **model.box_target_kwargs)
-    model.sim.add_paste_targets(targets, batch)
-    with torch.no_grad():
-        outputs = model.forward_network(images)
-        indices = model.criterion.match(outputs, targets)
+    images, targets, outputs, indices = _targets_and_matches(model, batch)
     dim, (h, w) = outputs["mask_features"].shape[1], outputs["mask_features"].shape[-2:]
     student = torch.zeros(2, dim, h, w)
     student[:, 0] = 3.0  # every pixel's student feature is (3, 1, 0, ...)
@@ -181,18 +216,20 @@ def test_pseudo_and_paste_families_by_hand():
         "pseudo_labels": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]),
         "pseudo_weights": torch.tensor([[[1.0, 1.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]),
         "paste_masks": torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]]]),
-        "valid_mask": torch.tensor([[True, True], [True, False]]),
+        "paste_weights": torch.tensor([[[1.0, 1.0], [1.0, 0.0]]] * 2),
     }
     outputs = {"pred_masks": logits}
     indices = [(torch.tensor([1, 2]), torch.tensor([0, 1]))]
-    from mask2former_sim.modeling.losses.sim import paste_loss, pseudo_mask_loss
-
-    pseudo = PseudoMaskLoss()(outputs, [target], indices, 2.0)["loss_pseudo"]
-    expected = pseudo_mask_loss(logits[0, 1:2], target["pseudo_labels"][:1], target["pseudo_weights"][:1], 2.0)
+    context = LossContext(num_masks=2.0, iteration=0)
+    pseudo = pseudo_mask_loss_family()(outputs, [target], indices, context)["loss_pseudo"]
+    expected = weighted_mask_loss(logits[0, 1:2], target["pseudo_labels"][:1], target["pseudo_weights"][:1], 2.0)
     torch.testing.assert_close(pseudo, expected)
-    paste = PasteLoss()(outputs, [target], indices, 2.0)["loss_paste"]
-    expected = paste_loss(logits[0, 2:3], target["paste_masks"][1:], target["valid_mask"][None].float(), 2.0)
+    paste = paste_loss_family()(outputs, [target], indices, context)["loss_paste"]
+    expected = weighted_mask_loss(logits[0, 2:3], target["paste_masks"][1:], target["paste_weights"][1:], 2.0)
     torch.testing.assert_close(paste, expected)
+    # before START_ITER there are no pseudo targets: the family emits an exact zero
+    no_pseudo = {k: v for k, v in target.items() if not k.startswith("pseudo")}
+    assert float(pseudo_mask_loss_family()(outputs, [no_pseudo], indices, context)["loss_pseudo"]) == 0.0
 
 
 @pytest.mark.parametrize("positives", ["all_heads", "last_head"])
@@ -201,16 +238,10 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
     model = build_model(_cfg(POSITIVES=positives))
     model.train()
     model.init_teacher()
-    batch = _inputs()
-    images, _ = model.preprocess_images(batch)
-    targets = model.prepare_targets(batch, tuple(images.shape[-2:]))
-    add_box_targets(targets, images * 0 + 128, **model.box_target_kwargs)
-    model.sim.add_paste_targets(targets, batch)
+    images, targets, outputs, indices = _targets_and_matches(model, _inputs())
     with torch.no_grad():
-        outputs = model.forward_network(images)
-        indices = model.criterion.match(outputs, targets)
         teacher_out = model.sim.teacher(images)
-    results = model.sim.pseudo_masks(teacher_out, targets, indices)
+    results = model.sim.pseudo_masks(teacher_out, targets, indices, model.sim.prototypes.prototypes)
     heads = [teacher_out] + teacher_out["aux_outputs"]
     res = results[0]
     pos = res["positives"][0]

@@ -1,8 +1,8 @@
 """Sliding-window inference against an exact fake model on a synthetic label image."""
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mask2former_sim.modeling.sliding_window import sliding_window_inference, tile_origins
 
@@ -98,8 +98,15 @@ def check_recovers_discs(result, labels, min_iou):
 def test_recovers_every_disc_once():
     labels = make_discs()
     result = sliding_window_inference(
-        fake_infer, encode_labels(labels), 300, 400,
-        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=1000,
+        fake_infer,
+        encode_labels(labels),
+        300,
+        400,
+        tile_size=128,
+        stride=96,
+        dedup_iou=0.5,
+        border_margin=4,
+        max_dets=1000,
     )
     check_recovers_discs(result, torch.from_numpy(labels), min_iou=1.0)
 
@@ -109,8 +116,15 @@ def test_output_resized_to_original_size():
     small = make_discs(150, 200, count=20, seed=3, big=0)
     up = np.kron(small, np.ones((2, 2), dtype=np.int64))
     result = sliding_window_inference(
-        fake_infer, encode_labels(up), 150, 200,
-        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=1000,
+        fake_infer,
+        encode_labels(up),
+        150,
+        200,
+        tile_size=128,
+        stride=96,
+        dedup_iou=0.5,
+        border_margin=4,
+        max_dets=1000,
     )
     assert result["pred_masks"].shape == (20, 150, 200)
     check_recovers_discs(result, torch.from_numpy(small), min_iou=0.95)
@@ -119,8 +133,15 @@ def test_output_resized_to_original_size():
 def test_max_dets_keeps_highest_scores():
     labels = make_discs(count=30, seed=5, big=0)
     result = sliding_window_inference(
-        fake_infer, encode_labels(labels), 300, 400,
-        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=10,
+        fake_infer,
+        encode_labels(labels),
+        300,
+        400,
+        tile_size=128,
+        stride=96,
+        dedup_iou=0.5,
+        border_margin=4,
+        max_dets=10,
     )
     assert result["pred_masks"].shape[0] == 10
     expected = sorted((0.5 + 0.005 * i for i in range(1, 31)), reverse=True)[:10]
@@ -130,8 +151,15 @@ def test_max_dets_keeps_highest_scores():
 def test_small_image_single_tile_and_empty_output():
     labels = np.zeros((60, 80), dtype=np.int64)
     result = sliding_window_inference(
-        fake_infer, encode_labels(labels), 60, 80,
-        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=100,
+        fake_infer,
+        encode_labels(labels),
+        60,
+        80,
+        tile_size=128,
+        stride=96,
+        dedup_iou=0.5,
+        border_margin=4,
+        max_dets=100,
     )
     assert result["pred_masks"].shape == (0, 60, 80)
     assert result["pred_boxes"].shape == (0, 4) and result["scores"].shape == (0,)
@@ -144,8 +172,15 @@ def test_object_larger_than_a_tile_is_reassembled():
     labels[(yy - 150) ** 2 + (xx - 200) ** 2 <= 85**2] = 1
     labels[(yy - 30) ** 2 + (xx - 350) ** 2 <= 12**2] = 2
     result = sliding_window_inference(
-        fake_infer, encode_labels(labels), 300, 400,
-        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=100,
+        fake_infer,
+        encode_labels(labels),
+        300,
+        400,
+        tile_size=128,
+        stride=96,
+        dedup_iou=0.5,
+        border_margin=4,
+        max_dets=100,
     )
     check_recovers_discs(result, torch.from_numpy(labels), min_iou=1.0)
 
@@ -167,8 +202,15 @@ def test_large_object_fragments_join_whatever_the_tile_order():
         return outputs
 
     result = sliding_window_inference(
-        tile_dependent_scores, image, 300, 400,
-        tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=100,
+        tile_dependent_scores,
+        image,
+        300,
+        400,
+        tile_size=128,
+        stride=96,
+        dedup_iou=0.5,
+        border_margin=4,
+        max_dets=100,
     )
     assert result["pred_masks"].shape[0] == 1
     assert mask_iou(result["pred_masks"][0], torch.from_numpy(labels == 1)) == 1.0

@@ -1,12 +1,13 @@
 """30 training iterations of the tiny model in each supervision mode reproduce the loss values recorded before the
 supervision refactor (every logged term, every iteration, to 1e-5): restructuring the code must not change what
 it computes. Record anew (only on purpose, when the method itself changes) with ``M2F_SIM_RECORD_LOSSES=1``."""
+
 import json
 import os
 
 import pytest
-
 from _engine_fakes import make_tiny_dataset, real_model_cfg
+
 from mask2former_sim.engine import Trainer, seed_all_rng
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")]
@@ -17,17 +18,32 @@ ITERATIONS = 30
 MODE_OPTS = {
     "mask": {},
     "box": {"MODEL__BOXINST__PAIRWISE__START_ITER": 5, "MODEL__BOXINST__PAIRWISE__WARMUP_ITERS": 5},
-    "sim": {"MODEL__BOXINST__PAIRWISE__START_ITER": 5, "MODEL__BOXINST__PAIRWISE__WARMUP_ITERS": 5,
-            "MODEL__SIM__START_ITER": 10, "MODEL__SIM__EMA_MOMENTUM": 0.9, "MODEL__SIM__PROTO_MOMENTUM": 0.9,
-            "MODEL__SIM__PROTO_TEMPERATURE": 1.0, "MODEL__SIM__TAU_HIGH": 0.6, "MODEL__SIM__TAU_LOW": 0.4,
-            "MODEL__SIM__COPY_PASTE__PROB": 0.5, "MODEL__SIM__COPY_PASTE__MEMORY_LENGTH": 4},
+    "sim": {
+        "MODEL__BOXINST__PAIRWISE__START_ITER": 5,
+        "MODEL__BOXINST__PAIRWISE__WARMUP_ITERS": 5,
+        "MODEL__SIM__START_ITER": 10,
+        "MODEL__SIM__EMA_MOMENTUM": 0.9,
+        "MODEL__SIM__PROTO_MOMENTUM": 0.9,
+        "MODEL__SIM__PROTO_TEMPERATURE": 1.0,
+        "MODEL__SIM__TAU_HIGH": 0.6,
+        "MODEL__SIM__TAU_LOW": 0.4,
+        "MODEL__SIM__COPY_PASTE__PROB": 0.5,
+        "MODEL__SIM__COPY_PASTE__MEMORY_LENGTH": 4,
+    },
 }
 
 
 def _train_and_record(tmp_path, mode):
     register = make_tiny_dataset(str(tmp_path / "data"))
-    cfg = real_model_cfg(str(tmp_path / "out"), register, SOLVER__MAX_ITER=ITERATIONS, SOLVER__STEPS=(20,),
-                         SOLVER__CHECKPOINT_PERIOD=0, LOG_PERIOD=10, **MODE_OPTS[mode])
+    cfg = real_model_cfg(
+        str(tmp_path / "out"),
+        register,
+        SOLVER__MAX_ITER=ITERATIONS,
+        SOLVER__STEPS=(20,),
+        SOLVER__CHECKPOINT_PERIOD=0,
+        LOG_PERIOD=10,
+        **MODE_OPTS[mode],
+    )
     cfg.MODEL.MASK_FORMER.SUPERVISION = mode
     seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)
@@ -62,6 +78,9 @@ def test_30_iterations_reproduce_the_recorded_losses(tmp_path, mode):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), f"iteration {it}, {key}"
     # the recording is not degenerate: the mode's own terms are active
-    active = {"mask": ["loss_mask", "loss_dice"], "box": ["loss_proj", "loss_pairwise"],
-              "sim": ["loss_pseudo", "loss_paste", "loss_pairwise"]}[mode]
+    active = {
+        "mask": ["loss_mask", "loss_dice"],
+        "box": ["loss_proj", "loss_pairwise"],
+        "sim": ["loss_pseudo", "loss_paste", "loss_pairwise"],
+    }[mode]
     assert all(max(r[k] for r in expected) > 0 for k in active)

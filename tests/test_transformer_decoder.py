@@ -1,4 +1,5 @@
 """MultiScaleMaskedTransformerDecoder: heads, round-robin levels, attention masks, mask einsum."""
+
 import torch
 
 from mask2former_sim.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
@@ -7,8 +8,16 @@ from mask2former_sim.modeling.transformer_decoder import MultiScaleMaskedTransfo
 def _decoder(dec_layers=5, mask_classification=True):
     torch.manual_seed(0)
     return MultiScaleMaskedTransformerDecoder(
-        in_channels=32, num_classes=7, hidden_dim=32, num_queries=6, nheads=4, dim_feedforward=64,
-        dec_layers=dec_layers, pre_norm=False, mask_dim=16, enforce_input_project=False,
+        in_channels=32,
+        num_classes=7,
+        hidden_dim=32,
+        num_queries=6,
+        nheads=4,
+        dim_feedforward=64,
+        dec_layers=dec_layers,
+        pre_norm=False,
+        mask_dim=16,
+        enforce_input_project=False,
         mask_classification=mask_classification,
     )
 

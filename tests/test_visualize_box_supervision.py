@@ -1,6 +1,6 @@
 """tools/visualize_box_supervision.py on synthetic training images: PNGs written, kept edges only inside GT
 boxes and never on padding, every GT box matched to a query."""
-import importlib.util
+
 import os
 
 import numpy as np
@@ -12,11 +12,9 @@ SMALL = ["INPUT.IMAGE_SIZE", "96", "INPUT.MIN_SCALE", "0.6", "INPUT.MAX_SCALE", 
 
 
 def load_tool():
-    path = os.path.join(REPO, "tools", "visualize_box_supervision.py")
-    spec = importlib.util.spec_from_file_location("visualize_box_supervision", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import visualize_box_supervision
+
+    return visualize_box_supervision
 
 
 def inside_any_box(boxes: np.ndarray, h: int, w: int, stride: int = 4) -> np.ndarray:

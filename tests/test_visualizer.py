@@ -1,4 +1,5 @@
 """Visualizer: masks drawn where they are, nothing elsewhere; predictions JSON round-trips through RLE."""
+
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest

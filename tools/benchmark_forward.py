@@ -7,21 +7,19 @@ Example (CPU, 512x512, the R50 and Swin-T COCO configs)::
 Prints one row per config: parameters (millions) and the median forward seconds after one warm-up run
 (``torch.no_grad``, random weights, eval mode). ``--device cuda`` times on a GPU (synchronised).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
 from typing import List
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mask2former_sim.config import get_cfg  # noqa: E402
-from mask2former_sim.modeling import build_model  # noqa: E402
+from mask2former_sim.config import get_cfg
+from mask2former_sim.modeling import build_model
 
 DEFAULT_CONFIGS = [
     "configs/coco/instance-segmentation/maskformer2_R50_bs16_50ep.yaml",
@@ -31,6 +29,7 @@ DEFAULT_CONFIGS = [
 
 def time_forward(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
     """Median seconds of ``repeats`` network forwards (``model.forward_network``) after one warm-up."""
+
     def run() -> float:
         if images.is_cuda:
             torch.cuda.synchronize()
@@ -61,8 +60,9 @@ def main(argv: List[str] | None = None) -> None:
     for path in args.configs:
         cfg = get_cfg()
         cfg.merge_from_file(path)
-        cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.MSDA_IMPL", args.msda_impl, "MODEL.DEVICE", args.device]
-                            + list(args.opts))
+        cfg.merge_from_list(
+            ["MODEL.SEM_SEG_HEAD.MSDA_IMPL", args.msda_impl, "MODEL.DEVICE", args.device] + list(args.opts)
+        )
         model = build_model(cfg).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         images = torch.randn(args.batch, 3, args.size, args.size, device=args.device)

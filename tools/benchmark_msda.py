@@ -9,26 +9,30 @@ speed-up of the op and the peak memory of each. ``--device cpu`` times the PyTor
     python tools/benchmark_msda.py                   # CUDA, R50 1024x1024 shapes
     python tools/benchmark_msda.py --device cpu      # tiny shapes, PyTorch path only
 """
+
 import argparse
-import os
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mask2former_sim.layers import ms_deform_attn_cuda  # noqa: E402
-from mask2former_sim.layers.ms_deform_attn import ms_deform_attn_pytorch  # noqa: E402
+from mask2former_sim.layers import ms_deform_attn_cuda
+from mask2former_sim.layers.ms_deform_attn import ms_deform_attn_pytorch
 
 R50_1024_SHAPES = [(128, 128), (64, 64), (32, 32)]
 CPU_SHAPES = [(16, 16), (8, 8), (4, 4)]
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def make_inputs(batch: int, shapes: Sequence[Tuple[int, int]], heads: int, channels: int, points: int,
-                device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+def make_inputs(
+    batch: int,
+    shapes: Sequence[Tuple[int, int]],
+    heads: int,
+    channels: int,
+    points: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tuple[torch.Tensor, ...]:
     """(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) with Lq = S."""
     generator = torch.Generator().manual_seed(0)
     spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
@@ -40,8 +44,13 @@ def make_inputs(batch: int, shapes: Sequence[Tuple[int, int]], heads: int, chann
     locations = torch.rand(batch, total, heads, levels, points, 2, generator=generator)
     weights = torch.rand(batch, total, heads, levels, points, generator=generator).flatten(-2).softmax(-1)
     weights = weights.view(batch, total, heads, levels, points)
-    return (value.to(device, dtype), spatial_shapes.to(device), level_start_index.to(device),
-            locations.to(device, dtype), weights.to(device, dtype))
+    return (
+        value.to(device, dtype),
+        spatial_shapes.to(device),
+        level_start_index.to(device),
+        locations.to(device, dtype),
+        weights.to(device, dtype),
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -73,21 +82,24 @@ def peak_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def build_cases(inputs: Tuple[torch.Tensor, ...], im2col_step: int,
-                with_op: bool) -> Dict[str, Dict[str, Callable[[], None]]]:
+def build_cases(
+    inputs: Tuple[torch.Tensor, ...], im2col_step: int, with_op: bool
+) -> Dict[str, Dict[str, Callable[[], None]]]:
     """{pass: {impl: closure}} for the passes forward and forward+backward."""
     value, shapes, starts, locations, weights = inputs
     leaves = [t.detach().requires_grad_(True) for t in (value, locations, weights)]
     impls: Dict[str, Callable[..., torch.Tensor]] = {"pytorch": ms_deform_attn_pytorch}
     if with_op:
         impls["op"] = lambda v, s, i, loc, a: ms_deform_attn_cuda.MSDeformAttnFunction.apply(
-            v, s, i, loc, a, im2col_step)
+            v, s, i, loc, a, im2col_step
+        )
     grad_out = None
 
     def forward(impl: Callable[..., torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
             with torch.no_grad():
                 impl(value, shapes, starts, locations, weights)
+
         return run
 
     def forward_backward(impl: Callable[..., torch.Tensor]) -> Callable[[], None]:
@@ -99,6 +111,7 @@ def build_cases(inputs: Tuple[torch.Tensor, ...], im2col_step: int,
             out.backward(grad_out)
             for leaf in leaves:  # freed here, so peak_mib counts the gradients of each call
                 leaf.grad = None
+
         return run
 
     return {
@@ -139,8 +152,10 @@ def main() -> None:
     total = int(inputs[0].shape[1])
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device_name}; torch {torch.__version__}; dtype {args.dtype}")
-    print(f"shapes: N={args.batch}, levels={shapes}, S=Lq={total}, M={args.heads}, D={args.channels}, "
-          f"L={len(shapes)}, P={args.points}, im2col_step={args.im2col_step}; warm-up {warmup}, iters {iters}")
+    print(
+        f"shapes: N={args.batch}, levels={shapes}, S=Lq={total}, M={args.heads}, D={args.channels}, "
+        f"L={len(shapes)}, P={args.points}, im2col_step={args.im2col_step}; warm-up {warmup}, iters {iters}"
+    )
     if not with_op:
         print(f"op not timed: {ms_deform_attn_cuda.build_hint()}")
 
@@ -149,14 +164,16 @@ def main() -> None:
         times = {name: time_ms(fn, device, warmup, iters) for name, fn in impls.items()}
         memory = {name: peak_mib(fn, device) for name, fn in impls.items()}
         op_ms = times.get("op")
-        rows.append([
-            pass_name,
-            f"{times['pytorch']:.3f}",
-            f"{op_ms:.3f}" if op_ms is not None else "n/a",
-            f"{times['pytorch'] / op_ms:.2f}x" if op_ms else "n/a",
-            f"{memory['pytorch']:.1f}" if memory["pytorch"] is not None else "n/a",
-            f"{memory['op']:.1f}" if memory.get("op") is not None else "n/a",
-        ])
+        rows.append(
+            [
+                pass_name,
+                f"{times['pytorch']:.3f}",
+                f"{op_ms:.3f}" if op_ms is not None else "n/a",
+                f"{times['pytorch'] / op_ms:.2f}x" if op_ms else "n/a",
+                f"{memory['pytorch']:.1f}" if memory["pytorch"] is not None else "n/a",
+                f"{memory['op']:.1f}" if memory.get("op") is not None else "n/a",
+            ]
+        )
     print(format_table(rows))
 
 

@@ -17,26 +17,24 @@ SIM's START_ITER is set to 0 so that its pseudo-mask and copy-paste losses are o
 fills during the warm-up). Prints one table per mode and the ratio of the SIM step to the box step (same process,
 same batches).
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import itertools
-import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mask2former_sim.config import get_cfg  # noqa: E402
-from mask2former_sim.data import build_train_loader  # noqa: E402
-from mask2former_sim.engine.trainer import Trainer  # noqa: E402
-from mask2former_sim.modeling import meta_arch  # noqa: E402
+from mask2former_sim.config import get_cfg
+from mask2former_sim.data import build_train_loader
+from mask2former_sim.engine.trainer import Trainer
+from mask2former_sim.modeling import meta_arch
+from mask2former_sim.modeling.sim import supervisor
 
 
 def synchronize(device: torch.device) -> None:
@@ -72,6 +70,7 @@ class StageTimer:
                 self.seconds[name] += elapsed - self._children.pop()
                 if self._children:
                     self._children[-1] += elapsed
+
         return timed
 
 
@@ -95,7 +94,7 @@ def stage_patches(trainer: Trainer, timer: StageTimer) -> List[Tuple[Any, str, s
     model = trainer.model
     stages = [
         (model, "forward_network", "student forward"),
-        (meta_arch, "add_box_targets", "box targets (Lab, affinities)"),
+        (meta_arch, "box_targets", "box targets (Lab, affinities)"),
         (model.criterion, "match", "Hungarian matching"),
         (model.criterion, "forward", "losses"),
         (trainer, "_optimizer_step", "optimizer step"),
@@ -104,14 +103,15 @@ def stage_patches(trainer: Trainer, timer: StageTimer) -> List[Tuple[Any, str, s
         sim = model.sim
         stages += [
             (sim, "paste", "copy-paste (CPU)"),
-            (sim, "add_paste_targets", "paste targets"),
+            (meta_arch, "paste_targets", "paste targets"),
             (sim.teacher, "forward", "teacher forward"),
-            (sim, "pseudo_masks", "pseudo masks (Eq. 1, 6, 7)"),
-            (sim, "_log_stats", "teacher statistics (log steps)"),
-            (sim, "_push_to_bank", "bank push"),
+            (type(sim.pseudo_masks), "__call__", "pseudo masks (Eq. 1, 6, 7)"),
+            (supervisor, "teacher_statistics", "teacher statistics (log steps)"),
             (sim.prototypes, "update", "prototype update (Sinkhorn)"),
             (sim.teacher, "update", "teacher EMA"),
         ]
+        if sim.copy_paste is not None:
+            stages.append((sim.copy_paste, "push", "bank push"))
     return stages
 
 
@@ -149,8 +149,12 @@ def time_mode(cfg: Any, batches: List[Any], warmup: int, steps: int) -> Dict[str
 
 def format_table(mode: str, result: Dict[str, Any]) -> str:
     step = result["instrumented"]
-    lines = [f"{mode}: plain step {result['plain'] * 1000:.1f} ms (median); by stage (synchronised) "
-             f"{step * 1000:.1f} ms", "", "| stage | ms/step | % of step |", "|---|---|---|"]
+    lines = [
+        f"{mode}: plain step {result['plain'] * 1000:.1f} ms (median); by stage (synchronised) {step * 1000:.1f} ms",
+        "",
+        "| stage | ms/step | % of step |",
+        "|---|---|---|",
+    ]
     for name, seconds in sorted(result["stages"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {seconds * 1000:.1f} | {100 * seconds / step:.1f} |")
     return "\n".join(lines)
@@ -170,17 +174,34 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     results: Dict[str, Any] = {}
     batches: List[Any] = []
     for mode in args.modes:
-        cfg = get_cfg(args.config_file, ["MODEL.MASK_FORMER.SUPERVISION", mode, "MODEL.DEVICE", args.device,
-                                         "MODEL.SIM.START_ITER", "0", "OUTPUT_DIR", "", "LOG_PERIOD", "0",
-                                         "DATALOADER.NUM_WORKERS", "0", *args.opts])
+        cfg = get_cfg(
+            args.config_file,
+            [
+                "MODEL.MASK_FORMER.SUPERVISION",
+                mode,
+                "MODEL.DEVICE",
+                args.device,
+                "MODEL.SIM.START_ITER",
+                "0",
+                "OUTPUT_DIR",
+                "",
+                "LOG_PERIOD",
+                "0",
+                "DATALOADER.NUM_WORKERS",
+                "0",
+                *args.opts,
+            ],
+        )
         if not batches:
             batches = list(itertools.islice(iter(build_train_loader(cfg)), args.batches))
         results[mode] = time_mode(cfg, batches, args.warmup, args.steps)
         print(format_table(mode, results[mode]), end="\n\n", flush=True)
     if "box" in results and "sim" in results:
         ratio_plain = results["sim"]["plain"] / results["box"]["plain"]
-        print(f"SIM / box step time: {ratio_plain:.2f}x (plain), "
-              f"{results['sim']['instrumented'] / results['box']['instrumented']:.2f}x (by stage)")
+        print(
+            f"SIM / box step time: {ratio_plain:.2f}x (plain), "
+            f"{results['sim']['instrumented'] / results['box']['instrumented']:.2f}x (by stage)"
+        )
     return results
 
 

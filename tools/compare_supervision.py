@@ -12,6 +12,7 @@ plus ``--opts``; a run whose ``metrics_final.json`` exists is reused unless ``--
 The SIM constants come from the config (e.g. ``--opts MODEL.SIM.ALPHA 0`` for the α ablation, with its own
 ``--output-dir``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,19 @@ def run_dir(output_dir: str, mode: str, seed: int) -> str:
 
 def train_command(config_file: str, mode: str, seed: int, out: str, opts: Sequence[str]) -> List[str]:
     """The ``train_net.py`` command line of one run."""
-    return [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config_file,
-            "MODEL.MASK_FORMER.SUPERVISION", mode, "SEED", str(seed), "OUTPUT_DIR", out, *opts]
+    return [
+        sys.executable,
+        os.path.join(REPO, "train_net.py"),
+        "--config-file",
+        config_file,
+        "MODEL.MASK_FORMER.SUPERVISION",
+        mode,
+        "SEED",
+        str(seed),
+        "OUTPUT_DIR",
+        out,
+        *opts,
+    ]
 
 
 def read_segm(path: str) -> Optional[Dict[str, float]]:
@@ -66,14 +78,20 @@ def build_table(output_dir: str, modes: Sequence[str], seeds: Sequence[int]) -> 
     per_seed: Dict[str, Dict[str, Optional[Dict[str, float]]]] = {}
     summary: Dict[str, Dict[str, Dict[str, float]]] = {}
     for mode in modes:
-        per_seed[mode] = {str(s): read_segm(os.path.join(run_dir(output_dir, mode, s), "metrics_final.json"))
-                          for s in seeds}
+        per_seed[mode] = {
+            str(s): read_segm(os.path.join(run_dir(output_dir, mode, s), "metrics_final.json")) for s in seeds
+        }
         summary[mode] = {m: mean_std([r.get(m) for r in per_seed[mode].values() if r]) for m in METRICS}
     diff = None
     if "sim" in summary and "box" in summary:
         diff = {m: summary["sim"][m]["mean"] - summary["box"][m]["mean"] for m in METRICS}
-    return {"metrics": list(METRICS), "seeds": list(seeds), "per_seed": per_seed, "summary": summary,
-            "sim_minus_box": diff}
+    return {
+        "metrics": list(METRICS),
+        "seeds": list(seeds),
+        "per_seed": per_seed,
+        "summary": summary,
+        "sim_minus_box": diff,
+    }
 
 
 def _fmt(value: Optional[float], signed: bool = False) -> str:

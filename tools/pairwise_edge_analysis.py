@@ -22,6 +22,7 @@ and projection term of the GT and of the outline.
     python tools/pairwise_edge_analysis.py --config-file configs/cpu/boxinst_m2f_synthetic_tiny.yaml \\
         --num-images 100 --output output/pairwise_edges.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,14 @@ def _bin_name(lo: float, hi: float) -> str:
 
 
 def instance_edge_costs(
-    masks: torch.Tensor, boxes: torch.Tensor, similarity: torch.Tensor, stride: int, color_thresh: float,
-    kernel_size: int, dilation: int, logit: float,
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    similarity: torch.Tensor,
+    stride: int,
+    color_thresh: float,
+    kernel_size: int,
+    dilation: int,
+    logit: float,
 ) -> List[Dict[str, float]]:
     """Pairwise cost of the GT mask and of the outline of every instance of one image.
 
@@ -127,6 +134,7 @@ def image_inputs(d: Dict[str, Any], stride: int):
 
 def summarise(rows: Sequence[Dict[str, float]]) -> Dict[str, Any]:
     """Shares of the GT pairwise loss per edge class (overall and per size bin) and GT vs outline costs."""
+
     def block(sel: Sequence[Dict[str, float]]) -> Dict[str, Any]:
         total = sum(r["gt_disagreeing_loss"] for r in sel)
         edges = sum(r["kept_edges"] for r in sel)
@@ -144,13 +152,26 @@ def summarise(rows: Sequence[Dict[str, float]]) -> Dict[str, Any]:
 
 
 def format_table(summary: Dict[str, Any]) -> str:
-    head = ["objects", "instances", *[f"share: {c}" for c in CLASSES], "GT loss/edge", "outline loss/edge",
-            "GT proj", "outline proj"]
+    head = [
+        "objects",
+        "instances",
+        *[f"share: {c}" for c in CLASSES],
+        "GT loss/edge",
+        "outline loss/edge",
+        "GT proj",
+        "outline proj",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, b in [("all", summary["all"]), *summary["by_size"].items()]:
-        cells = [name, str(b["instances"]), *[f"{100 * b['share'][c]:.0f}%" for c in CLASSES],
-                 f"{b['gt_loss_per_edge']:.3f}", f"{b['outline_loss_per_edge']:.3f}", f"{b['gt_projection']:.3f}",
-                 f"{b['outline_projection']:.3f}"]
+        cells = [
+            name,
+            str(b["instances"]),
+            *[f"{100 * b['share'][c]:.0f}%" for c in CLASSES],
+            f"{b['gt_loss_per_edge']:.3f}",
+            f"{b['outline_loss_per_edge']:.3f}",
+            f"{b['gt_projection']:.3f}",
+            f"{b['outline_projection']:.3f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -176,12 +197,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if masks.shape[0] == 0:
             continue
         similarity = images_color_similarity(image, valid, stride, pw.SIZE, pw.DILATION, pw.THETA)[0]
-        rows += instance_edge_costs(masks, boxes, similarity, stride, pw.COLOR_THRESH, pw.SIZE, pw.DILATION,
-                                    args.logit)
+        rows += instance_edge_costs(masks, boxes, similarity, stride, pw.COLOR_THRESH, pw.SIZE, pw.DILATION, args.logit)
     summary = summarise(rows)
-    logger.info("%s, %d images, %d instances (stride %d, COLOR_THRESH %g, logits ±%g):\n%s", name,
-                min(args.num_images, len(get_dataset_dicts(name))), len(rows), stride, pw.COLOR_THRESH,
-                args.logit, format_table(summary))
+    logger.info(
+        "%s, %d images, %d instances (stride %d, COLOR_THRESH %g, logits ±%g):\n%s",
+        name,
+        min(args.num_images, len(get_dataset_dicts(name))),
+        len(rows),
+        stride,
+        pw.COLOR_THRESH,
+        args.logit,
+        format_table(summary),
+    )
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"dataset": name, "summary": summary, "instances": rows}, f, indent=1)

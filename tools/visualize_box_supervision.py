@@ -21,12 +21,12 @@ Without ``--weights`` the predictions come from the freshly built model (pretrai
 Configs in "mask" or "sim" supervision are drawn in "box" mode (SIM adds copy-paste and pseudo masks on top of
 the same box targets; this tool shows the box part).
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -34,14 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from mask2former_sim.config import get_cfg  # noqa: E402
-from mask2former_sim.data import InstanceDatasetMapper, get_dataset_dicts, get_metadata  # noqa: E402
-from mask2former_sim.data import register_from_config  # noqa: E402
-from mask2former_sim.engine import load_model_weights  # noqa: E402
-from mask2former_sim.modeling import build_model  # noqa: E402
-from mask2former_sim.utils.visualizer import class_name, draw_instances_on_image, save_image  # noqa: E402
+from mask2former_sim.config import get_cfg
+from mask2former_sim.data import InstanceDatasetMapper, get_dataset_dicts, get_metadata, register_from_config
+from mask2former_sim.engine import load_model_weights
+from mask2former_sim.modeling import build_model
+from mask2former_sim.utils.visualizer import class_name, draw_instances_on_image, save_image
 
 logger = logging.getLogger("mask2former_sim.visualize_box_supervision")
 
@@ -61,8 +58,11 @@ def get_parser() -> argparse.ArgumentParser:
 def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg(args.config_file, args.opts)
     if cfg.MODEL.MASK_FORMER.SUPERVISION != "box":
-        logger.info("%s has SUPERVISION %r; drawing what box supervision sees", args.config_file,
-                    cfg.MODEL.MASK_FORMER.SUPERVISION)
+        logger.info(
+            "%s has SUPERVISION %r; drawing what box supervision sees",
+            args.config_file,
+            cfg.MODEL.MASK_FORMER.SUPERVISION,
+        )
         cfg.MODEL.MASK_FORMER.SUPERVISION = "box"
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
@@ -86,8 +86,11 @@ def capture_targets(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Tup
     finally:
         del model.criterion.forward  # back to the class method
     final = sorted((k, v.item()) for k, v in losses.items() if not k[-1].isdigit())  # final head only
-    logger.info("weighted losses of the final head at iteration %d (pairwise warm-up applied): %s",
-                model.current_iter, ", ".join(f"{k} {v:.3f}" for k, v in final))
+    logger.info(
+        "weighted losses of the final head at iteration %d (pairwise warm-up applied): %s",
+        model.current_iter,
+        ", ".join(f"{k} {v:.3f}" for k, v in final),
+    )
     return captured["outputs"], captured["targets"]
 
 
@@ -110,8 +113,14 @@ def edges_image(canvas: np.ndarray, count: np.ndarray, inside: np.ndarray, num_e
 
 
 def draw_image(
-    k: int, inp: Dict[str, Any], outputs: Dict[str, Any], target: Dict[str, torch.Tensor], indices,
-    cfg, names: Optional[Sequence[str]], output_dir: str,
+    k: int,
+    inp: Dict[str, Any],
+    outputs: Dict[str, Any],
+    target: Dict[str, torch.Tensor],
+    indices,
+    cfg,
+    names: Optional[Sequence[str]],
+    output_dir: str,
 ) -> Dict[str, Any]:
     stride = cfg.MODEL.BOXINST.MASK_STRIDE
     hp, wp = target["padding_mask"].shape
@@ -137,8 +146,9 @@ def draw_image(
     panels = {
         "boxes": draw_instances_on_image(canvas, None, boxes, labels),
         "box_masks": draw_instances_on_image(canvas, box_masks, None, labels),
-        "edges": draw_instances_on_image(edges_image(canvas, count, box_masks.any(0), num_edges, stride), None,
-                                         boxes, labels),
+        "edges": draw_instances_on_image(
+            edges_image(canvas, count, box_masks.any(0), num_edges, stride), None, boxes, labels
+        ),
         "pred_masks": draw_instances_on_image(canvas, pred.cpu().numpy(), boxes[gt.numpy()], pred_labels),
     }
     paths = {}
@@ -146,8 +156,12 @@ def draw_image(
         paths[name] = f"{stem}_{name}.png"
         save_image(picture, paths[name])
     return {
-        "image_id": inp["image_id"], "paths": paths, "kept_edges": count, "boxes": boxes,
-        "padding_mask": padding, "matches": list(zip(src.tolist(), gt.tolist())),
+        "image_id": inp["image_id"],
+        "paths": paths,
+        "kept_edges": count,
+        "boxes": boxes,
+        "padding_mask": padding,
+        "matches": list(zip(src.tolist(), gt.tolist())),
     }
 
 
@@ -163,8 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     mapper = InstanceDatasetMapper.from_config(cfg)
     model = build_model(cfg)
     if args.weights:
-        load_model_weights(model, args.weights)
-        model.set_iter(int(model.iteration))  # the checkpoint's iteration: pairwise warm-up as in training
+        load_model_weights(model, args.weights)  # with the checkpoint's iteration: the pairwise warm-up as trained
     model.train()  # the training forward builds the targets; with no_grad nothing is updated but BN statistics
     matcher = model.criterion.matcher
     os.makedirs(args.output, exist_ok=True)
@@ -178,9 +191,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         box_pixels = int(targets[0]["box_masks"].amax(0).sum()) if len(targets[0]["boxes"]) else 0
         edges = box_pixels * targets[0]["color_similarity"].shape[0]
         kept = int(records[-1]["kept_edges"].sum())
-        logger.info("image %s: %d boxes, %d of the %d edges inside them kept (%.0f%%), PNGs %s", d["image_id"],
-                    len(targets[0]["boxes"]), kept, edges, 100.0 * kept / max(edges, 1),
-                    f"{args.output}/{k}_{d['image_id']}_*.png")
+        logger.info(
+            "image %s: %d boxes, %d of the %d edges inside them kept (%.0f%%), PNGs %s",
+            d["image_id"],
+            len(targets[0]["boxes"]),
+            kept,
+            edges,
+            100.0 * kept / max(edges, 1),
+            f"{args.output}/{k}_{d['image_id']}_*.png",
+        )
     return records
 
 

@@ -9,10 +9,12 @@
 For every GT box one PNG ``<image>_gt<k>.png`` with five panels: the image with the box, the semantic map M_S
 (Eq. 1), the instance map M_I (Eq. 6), the fused pseudo mask M̂ (Eq. 7; white = foreground, black = background,
 grey = ignored band τ_low < M̂_prob < τ_high, dark red = outside the box or padding, also ignored), and the
-positive (head, query) pairs with their weights w (Eq. 6). Maps come from the checkpoint's teacher and prototypes (a checkpoint without a teacher uses a
-copy of the student) with the student's matching, exactly as in training. Images are used at their own size.
+positive (head, query) pairs with their weights w (Eq. 6). Maps come from the checkpoint's teacher and
+prototypes (a checkpoint without a teacher uses a copy of the student) with the student's matching, exactly as
+in training. Images are used at their own size.
 Extra ``KEY VALUE`` arguments after ``--opts`` override the config (e.g. ``MODEL.SIM.ALPHA 1``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,27 +48,28 @@ def _load_inputs(args) -> List[Dict[str, Any]]:
         anns = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-        inputs.append({"image": image, "height": image.shape[1], "width": image.shape[2],
-                       "file_name": d["file_name"], "instances": {"gt_boxes": boxes, "gt_classes": classes}})
+        inputs.append(
+            {
+                "image": image,
+                "height": image.shape[1],
+                "width": image.shape[2],
+                "file_name": d["file_name"],
+                "instances": {"gt_boxes": boxes, "gt_classes": classes},
+            }
+        )
     return inputs
 
 
 @torch.no_grad()
 def compute_maps(model, x: Dict[str, Any]) -> Dict[str, Any]:
-    """The SIM maps of one input (``SIMSupervisor.pseudo_masks`` with the student's matching)."""
-    from mask2former_sim.modeling.box_supervision import add_box_targets
-    from mask2former_sim.modeling.meta_arch import pad_images
-
+    """The SIM maps of one input (the model's pseudo-mask generator with the student's matching)."""
     batch = [x]
     images, _ = model.preprocess_images(batch)
-    targets = model.prepare_targets(batch, tuple(images.shape[-2:]))
-    raw, _ = pad_images([x["image"].to(model.device).float()], model.size_divisibility)
-    add_box_targets(targets, raw, **model.box_target_kwargs)
-    model.sim.add_paste_targets(targets, batch)
+    targets = model.build_targets(batch, tuple(images.shape[-2:]))
     outputs = model.forward_network(images)
     indices = model.criterion.match(outputs, targets)
     teacher_outputs = model.sim.teacher(images)
-    return model.sim.pseudo_masks(teacher_outputs, targets, indices)[0]
+    return model.sim.pseudo_masks(teacher_outputs, targets, indices, model.sim.prototypes.prototypes)[0]
 
 
 def _gray(m: torch.Tensor, size) -> Image.Image:
@@ -90,8 +93,12 @@ def render_panels(image: torch.Tensor, box: Sequence[float], res: Dict[str, Any]
     canvas_img = Image.new("RGB", size)
     canvas_img.paste(img, (0, 0))
     ImageDraw.Draw(canvas_img).rectangle([float(v) for v in box], outline=(255, 0, 0), width=2)
-    panels = [canvas_img, _gray(res["semantic"][k], size), _gray(res["instance"][k], size),
-              _pseudo_rgb(res["labels"][k].cpu(), res["weights"][k].cpu(), res["region"][k], size)]
+    panels = [
+        canvas_img,
+        _gray(res["semantic"][k], size),
+        _gray(res["instance"][k], size),
+        _pseudo_rgb(res["labels"][k].cpu(), res["weights"][k].cpu(), res["region"][k], size),
+    ]
     text = Image.new("RGB", (PANEL, PANEL), (255, 255, 255))
     draw = ImageDraw.Draw(text)
     lines = [f"tau_high {float(res['tau_high'][k]):.2f}", "head query  w"]
@@ -103,8 +110,9 @@ def render_panels(image: torch.Tensor, box: Sequence[float], res: Dict[str, Any]
     for i, (panel, title) in enumerate(zip(panels, titles)):
         scale = PANEL / max(panel.size)
         if scale != 1:
-            panel = panel.resize((max(1, int(panel.size[0] * scale)), max(1, int(panel.size[1] * scale))),
-                                 Image.NEAREST)
+            panel = panel.resize(
+                (max(1, int(panel.size[0] * scale)), max(1, int(panel.size[1] * scale))), Image.NEAREST
+            )
         out.paste(panel, (i * PANEL, 14))
         ImageDraw.Draw(out).text((i * PANEL + 2, 1), title, fill=(0, 0, 0))
     return out
@@ -144,7 +152,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         res = compute_maps(model, x)
         stem = os.path.splitext(os.path.basename(x["file_name"]))[0]
         for row, k in enumerate(res["gt"].tolist()):
-            panel = render_panels(x["image"], x["instances"]["gt_boxes"][k].tolist(), res, row, model.sim.stride)
+            panel = render_panels(
+                x["image"], x["instances"]["gt_boxes"][k].tolist(), res, row, model.sim.pseudo_masks.stride
+            )
             path = os.path.join(args.output, f"{stem}_gt{k}.png")
             panel.save(path)
             written.append(path)

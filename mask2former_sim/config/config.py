@@ -3,6 +3,7 @@
 fvcore's ``CfgNode`` already implements ``_BASE_`` merging and typed overrides; this subclass makes an unknown
 key an error that names the key, the file it came from, and the closest existing keys.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -74,9 +75,7 @@ class CfgNode(_FvCfgNode):
     def merge_from_list(self, cfg_list: list) -> None:
         """Merge ``["KEY", "VALUE", ...]`` overrides (values parsed as Python literals when possible)."""
         if len(cfg_list) % 2 != 0:
-            raise ValueError(
-                f"overrides must be KEY VALUE pairs, got an odd number of items: {cfg_list}"
-            )
+            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number of items: {cfg_list}")
         candidates = _all_keys(self)
         unknown = [k for k in cfg_list[0::2] if k not in candidates]
         if unknown:

@@ -4,6 +4,7 @@ Key names follow detectron2 / Mask2Former (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_
 ``INPUT.*``, ``DATASETS.*``, ``TEST.*``) so that their YAML files read the same here. Defaults are
 Mask2Former's COCO instance-segmentation values unless a comment says otherwise.
 """
+
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 _C = _FvCfgNode()
@@ -44,7 +45,7 @@ _C.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4  # stride of mask_features
 _C.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6  # deformable encoder layers
 _C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
 _C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # attention heads of the encoder
-_C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width (Mask2Former hard-codes 1024)
+_C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN (Mask2Former: 1024)
 _C.MODEL.SEM_SEG_HEAD.MSDA_IMPL = "auto"  # "auto" (CUDA op if built and on CUDA, else PyTorch), "cuda", "pytorch"
 _C.MODEL.SEM_SEG_HEAD.MSDA_IM2COL_STEP = 128  # batch chunk of the CUDA op (Mask2Former)
 
@@ -142,7 +143,7 @@ _C.MODEL.SIM.TAU_HIGH = 0.7  # pixels with M̂ >= this are pseudo foreground; in
 _C.MODEL.SIM.DYNAMIC_TAU_HIGH = False  # per-instance τ_high from the M_I pixel count (official code; SPEC §10 option)
 _C.MODEL.SIM.DYNAMIC_TAU_RANGE = [0.7, 0.8]  # clamp range of the dynamic τ_high (official code)
 _C.MODEL.SIM.INSTANCE_MAP_THRESH = 0.7  # M_I > this inside the box: prototype pixels before START_ITER (official code)
-_C.MODEL.SIM.POSITIVES = "all_heads"  # Eq. 6 positives: the matched query of "all_heads" or only the "last_head" (SPEC §5)
+_C.MODEL.SIM.POSITIVES = "all_heads"  # Eq. 6 positives: matched query of "all_heads" or the "last_head" only
 _C.MODEL.SIM.START_ITER = 10000  # pseudo and paste losses from this iteration on (paper: 10k of 90k)
 _C.MODEL.SIM.PSEUDO_WEIGHT = 2.5  # weight of loss_pseudo: λ1 0.5 x Mask2Former's mask weight 5 (SPEC §5)
 _C.MODEL.SIM.PASTE_WEIGHT = 5.0  # weight of loss_paste: λ2 1 x Mask2Former's mask weight 5 (SPEC §5)

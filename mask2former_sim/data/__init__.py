@@ -2,6 +2,7 @@
 
 Exports resolve lazily, so ``tools/make_synthetic_dataset.py`` and the registry work without importing torch.
 """
+
 from importlib import import_module
 from typing import Any
 

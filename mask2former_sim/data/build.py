@@ -1,4 +1,5 @@
 """Data loaders: the infinite, seeded, rank-sharded, resumable training loader and the sharded test loader."""
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..utils import comm
 from .catalog import get_dataset_dicts, register_from_config
-from .mapper import InstanceDatasetMapper, InferenceDatasetMapper
+from .mapper import InferenceDatasetMapper, InstanceDatasetMapper
 from .samplers import InferenceSampler, InfiniteBatchSampler, TrainingSampler, augmentation_rng
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def resolve_seed(cfg: Any) -> int:
     """``cfg.SEED`` if ≥ 0, else a random seed chosen by rank 0 and shared with every process (logged)."""
     if cfg.SEED >= 0:
         return int(cfg.SEED)
-    seed = comm.all_gather(int(np.random.SeedSequence().entropy % (2 ** 31)))[0]
+    seed = comm.all_gather(int(np.random.SeedSequence().entropy % (2**31)))[0]
     logger.info("SEED < 0: the data loader uses the random seed %d", seed)
     return seed
 
@@ -53,15 +54,17 @@ def load_train_dicts(cfg: Any) -> List[Dict[str, Any]]:
         before = len(dicts)
         dicts = [d for d in dicts if d["annotations"]]
         if len(dicts) < before:
-            logger.info("removed %d training image(s) without usable annotations; %d left", before - len(dicts),
-                        len(dicts))
+            logger.info(
+                "removed %d training image(s) without usable annotations; %d left", before - len(dicts), len(dicts)
+            )
     if not dicts:
         raise ValueError(f"no training images with annotations in DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}")
     return dicts
 
 
-def build_train_loader(cfg: Any, start_iter: int = 0,
-                       mapper: Optional[Callable[..., Dict[str, Any]]] = None) -> DataLoader:
+def build_train_loader(
+    cfg: Any, start_iter: int = 0, mapper: Optional[Callable[..., Dict[str, Any]]] = None
+) -> DataLoader:
     """Infinite training loader yielding lists of ``per_process_batch_size(cfg)`` mapped dicts.
 
     Each yielded batch is one micro-batch; an optimizer iteration consumes ``SOLVER.GRAD_ACCUM_STEPS`` of them.
@@ -77,8 +80,14 @@ def build_train_loader(cfg: Any, start_iter: int = 0,
     start = start_iter * cfg.SOLVER.GRAD_ACCUM_STEPS * batch
     sampler = TrainingSampler(len(dicts), seed, rank=rank, world_size=world, start=start)
     dataset = _TrainDataset(dicts, mapper or InstanceDatasetMapper.from_config(cfg), seed)
-    logger.info("train loader: %d images, %d per process and micro-batch, %d process(es), seed %d, start %d",
-                len(dicts), batch, world, seed, start_iter)
+    logger.info(
+        "train loader: %d images, %d per process and micro-batch, %d process(es), seed %d, start %d",
+        len(dicts),
+        batch,
+        world,
+        seed,
+        start_iter,
+    )
     return DataLoader(
         dataset,
         batch_sampler=InfiniteBatchSampler(sampler, batch),
@@ -88,8 +97,9 @@ def build_train_loader(cfg: Any, start_iter: int = 0,
     )
 
 
-def build_test_loader(cfg: Any, dataset_name: str,
-                      mapper: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> DataLoader:
+def build_test_loader(
+    cfg: Any, dataset_name: str, mapper: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+) -> DataLoader:
     """Batch-1 loader over ``dataset_name``; each process reads a contiguous shard of the images."""
     register_from_config(cfg)
     dicts = get_dataset_dicts(dataset_name)
@@ -116,7 +126,7 @@ class SerializedList:
 
     def __getitem__(self, i: int) -> Any:
         begin = int(self._ends[i - 1]) if i > 0 else 0
-        return pickle.loads(memoryview(self._buffer[begin:int(self._ends[i])]))
+        return pickle.loads(memoryview(self._buffer[begin : int(self._ends[i])]))
 
 
 class _TrainDataset(Dataset):

@@ -26,6 +26,7 @@ Built-in names and where they look (environment variables are read when a name i
 Any other COCO-format set: :func:`register_coco_instances`, or ``DATASETS.REGISTER`` /
 the command line with ``"name:json_file:image_root"`` strings (:func:`register_from_string`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -161,13 +162,18 @@ def _add(entry: DatasetEntry) -> None:
         old_paths, new_paths = (old.json_file(), old.image_root()), (entry.json_file(), entry.image_root())
         if old.prepare is None and old_paths == new_paths:
             return
-        logger.warning("dataset %r was registered with json %r and images %r; now json %r and images %r",
-                       entry.name, *old_paths, *new_paths)
+        logger.warning(
+            "dataset %r was registered with json %r and images %r; now json %r and images %r",
+            entry.name,
+            *old_paths,
+            *new_paths,
+        )
     _REGISTRY[entry.name] = entry
 
 
-def _register_lazy(name: str, json_file: Callable[[], str], image_root: Callable[[], str],
-                   prepare: Optional[Callable[[], None]] = None) -> None:
+def _register_lazy(
+    name: str, json_file: Callable[[], str], image_root: Callable[[], str], prepare: Optional[Callable[[], None]] = None
+) -> None:
     _REGISTRY[name] = DatasetEntry(name, json_file, image_root, prepare)
 
 
@@ -204,7 +210,8 @@ def _register_builtins() -> None:
             _register_lazy(
                 f"{variant}_{split}",
                 lambda v=variant, s=split: os.path.join(
-                    generated_datasets_root(), v, "annotations", f"instances_{s}.json"),
+                    generated_datasets_root(), v, "annotations", f"instances_{s}.json"
+                ),
                 lambda v=variant, s=split: os.path.join(generated_datasets_root(), v, s),
                 lambda v=variant: ensure_synthetic_dataset(os.path.join(generated_datasets_root(), v), v),
             )

@@ -11,6 +11,7 @@ zero or negative size, non-finite values or nothing left inside the image are sk
 else that is wrong (missing or empty or malformed json, missing fields, unknown category or image ids) is an
 error naming the file and the annotation id.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ class DatasetSummary:
     has_segmentation: bool = False
 
     def format(self, name: str) -> str:
-        lines = [f"dataset {name}: {self.num_images} images, {self.num_instances} instances"
-                 f"{'' if self.has_segmentation else ' (box-only: no segmentation)'}"]
+        lines = [
+            f"dataset {name}: {self.num_images} images, {self.num_instances} instances"
+            f"{'' if self.has_segmentation else ' (box-only: no segmentation)'}"
+        ]
         width = max([len(c) for c in self.instances_per_class] + [8])
         lines += [f"  {c:<{width}} {n:>7}" for c, n in self.instances_per_class.items()]
         if self.dropped:
@@ -109,8 +112,9 @@ def parse_coco_json(json_file: str, image_root: str) -> Tuple[List[Dict[str, Any
                 f"'categories' (known ids: {sorted(id_map)})"
             )
         if ann["image_id"] not in images:
-            raise ValueError(f"{json_file}: annotation id {ann_id} refers to image_id {ann['image_id']!r}, "
-                             f"which is not in 'images'")
+            raise ValueError(
+                f"{json_file}: annotation id {ann_id} refers to image_id {ann['image_id']!r}, which is not in 'images'"
+            )
         img = images[ann["image_id"]]
         if ann.get("iscrowd", 0):
             summary.dropped["crowd"] += 1
@@ -139,8 +143,12 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str = "") -> L
     logger.info(summary.format(dataset_name or json_file))
     skipped = {k: v for k, v in summary.dropped.items() if k != "crowd"}
     if skipped:
-        logger.warning("%s: skipped %d annotation(s) with unusable boxes: %s", dataset_name or json_file,
-                       sum(skipped.values()), ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+        logger.warning(
+            "%s: skipped %d annotation(s) with unusable boxes: %s",
+            dataset_name or json_file,
+            sum(skipped.values()),
+            ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())),
+        )
     return dicts
 
 
@@ -198,8 +206,10 @@ def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
 
 def _check_top_level(data: Any, json_file: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
-        raise ValueError(f"{json_file}: expected a COCO json object with 'images', 'annotations', 'categories', "
-                         f"found a {type(data).__name__}")
+        raise ValueError(
+            f"{json_file}: expected a COCO json object with 'images', 'annotations', 'categories', "
+            f"found a {type(data).__name__}"
+        )
     for key in ("images", "categories"):
         if key not in data:
             raise ValueError(f"{json_file}: required top-level field {key!r} is missing")
@@ -249,8 +259,10 @@ def _check_segmentation(segm: Any, json_file: str, ann_id: Any) -> None:
         if "counts" not in segm or "size" not in segm:
             raise ValueError(f"{json_file}: annotation id {ann_id}: RLE 'segmentation' needs 'counts' and 'size'")
     else:
-        raise ValueError(f"{json_file}: annotation id {ann_id}: 'segmentation' must be polygons (list) or RLE "
-                         f"(dict), found {type(segm).__name__}")
+        raise ValueError(
+            f"{json_file}: annotation id {ann_id}: 'segmentation' must be polygons (list) or RLE "
+            f"(dict), found {type(segm).__name__}"
+        )
 
 
 def _short(obj: Any, n: int = 80) -> str:

@@ -12,6 +12,7 @@ the transformed masks and empty instances dropped (as Mask2Former's LSJ mapper).
 box corners are transformed directly and clipped, degenerate boxes dropped; masks are never decoded, so a
 box-only json trains.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -35,7 +36,6 @@ from .transforms import (
     nonempty_boxes,
 )
 
-SUPERVISION_MODES = ("mask", "box", "sim")
 MAPPER_NAMES = ("coco_instance_lsj", "multi_scale", "scale_crop")
 _BOX_MARGIN = np.array([-2.0, -2.0, 2.0, 2.0], dtype=np.float32)  # json boxes need not be tight around masks
 
@@ -76,18 +76,24 @@ def build_test_resize(cfg: Any) -> Augmentation:
 
 
 class InstanceDatasetMapper:
-    """Training mapper. ``mapper(dataset_dict, rng)``: all randomness comes from ``rng`` (reproducible)."""
+    """Training mapper. ``mapper(dataset_dict, rng)``: all randomness comes from ``rng`` (reproducible).
 
-    def __init__(self, *, augmentations: List[Augmentation], supervision: str = "mask", min_box_size: float = 1e-5):
-        if supervision not in SUPERVISION_MODES:
-            raise ValueError(f"supervision must be one of {SUPERVISION_MODES}, got {supervision!r}")
+    Args:
+        augmentations: the training augmentations (:func:`build_train_augmentations`).
+        with_masks: decode and transform the GT masks (mask supervision); otherwise boxes only.
+        min_box_size: boxes narrower or shorter than this (pixels) are dropped.
+    """
+
+    def __init__(self, *, augmentations: List[Augmentation], with_masks: bool = True, min_box_size: float = 1e-5):
         self.augmentations = list(augmentations)
-        self.supervision = supervision
+        self.with_masks = with_masks
         self.min_box_size = min_box_size
 
     @classmethod
     def from_config(cls, cfg: Any) -> "InstanceDatasetMapper":
-        return cls(augmentations=build_train_augmentations(cfg), supervision=cfg.MODEL.MASK_FORMER.SUPERVISION)
+        from ..modeling.supervision import uses_gt_masks
+
+        return cls(augmentations=build_train_augmentations(cfg), with_masks=uses_gt_masks(cfg))
 
     def __call__(self, dataset_dict: Dict[str, Any], rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:
         rng = rng if rng is not None else np.random.default_rng()
@@ -101,7 +107,7 @@ class InstanceDatasetMapper:
         anns = [a for a in dataset_dict["annotations"] if not a.get("iscrowd", 0)]
         classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
         instances: Dict[str, torch.Tensor] = {}
-        if self.supervision == "mask":
+        if self.with_masks:
             for a in anns:
                 if "segmentation" not in a:
                     raise ValueError(
@@ -139,8 +145,10 @@ class InstanceDatasetMapper:
             try:
                 rles.append(segmentation_to_rle(a["segmentation"], h, w))
             except (ValueError, TypeError) as e:
-                raise ValueError(f"cannot decode the segmentation of annotation id {a['id']} of image "
-                                 f"{dataset_dict['file_name']}: {e}") from e
+                raise ValueError(
+                    f"cannot decode the segmentation of annotation id {a['id']} of image "
+                    f"{dataset_dict['file_name']}: {e}"
+                ) from e
         return decode_rles(rles, h, w)
 
 

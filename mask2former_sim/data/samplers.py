@@ -7,6 +7,7 @@ The training stream is the concatenation of per-epoch permutations of the datase
 iteration ``k`` sees exactly the samples and augmentations of an uninterrupted run, and ``world`` processes
 with batch ``b`` see the same images, augmented the same way, as one process with batch ``world · b``.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, List, Tuple

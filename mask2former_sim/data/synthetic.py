@@ -15,6 +15,7 @@ Every image is drawn from its own generator seeded by ``(seed, split, index)``: 
 for a seed. Output layout: ``<out>/annotations/instances_{train,val}.json``, ``<out>/{train,val}/*.png``,
 ``<out>/generation.json`` (the parameters).
 """
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,19 @@ BUILTIN_SYNTHETIC: Dict[str, SyntheticConfig] = {
     "synthetic_lowcontrast": SyntheticConfig(seed=1, color_similarity=0.8),
     # the control set where BoxInst's assumption holds (similar colour <=> same object): flat-coloured objects
     # 40-80 px wide on a flat background, no stripes, no pixel noise, no touching, distinct colours
-    "synthetic_flat": SyntheticConfig(seed=2, min_objects=1, max_objects=4, min_radius=20 / 128,
-                                      max_radius=40 / 128, min_noise=0.0, max_noise=0.0, touch_prob=0.0,
-                                      background="flat", square_stripes=False, min_color_distance=90.0),
+    "synthetic_flat": SyntheticConfig(
+        seed=2,
+        min_objects=1,
+        max_objects=4,
+        min_radius=20 / 128,
+        max_radius=40 / 128,
+        min_noise=0.0,
+        max_noise=0.0,
+        touch_prob=0.0,
+        background="flat",
+        square_stripes=False,
+        min_color_distance=90.0,
+    ),
 }
 
 
@@ -140,15 +151,22 @@ def generate_split(cfg: SyntheticConfig, split: str, out_dir: str) -> Dict[str, 
         for cls, mask in instances:
             rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": i + 1,
-                "category_id": cls + 1,
-                "segmentation": {"size": [cfg.size, cfg.size], "counts": rle["counts"].decode("ascii")},
-                "area": float(mask.sum()),
-                "bbox": [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)],
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "segmentation": {"size": [cfg.size, cfg.size], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask.sum()),
+                    "bbox": [
+                        float(cols[0]),
+                        float(rows[0]),
+                        float(cols[-1] - cols[0] + 1),
+                        float(rows[-1] - rows[0] + 1),
+                    ],
+                    "iscrowd": 0,
+                }
+            )
     return {
         "info": {"description": f"mask2former_sim synthetic {split} split", "generator": asdict(cfg)},
         "images": images,
@@ -157,8 +175,7 @@ def generate_split(cfg: SyntheticConfig, split: str, out_dir: str) -> Dict[str, 
     }
 
 
-def generate_synthetic_dataset(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(),
-                               overwrite: bool = False) -> str:
+def generate_synthetic_dataset(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), overwrite: bool = False) -> str:
     """Write both splits to ``out_dir`` atomically (a temporary sibling folder renamed into place).
 
     An existing ``out_dir`` is an error unless ``overwrite``. Returns ``out_dir``.
@@ -184,8 +201,14 @@ def generate_synthetic_dataset(out_dir: str, cfg: SyntheticConfig = SyntheticCon
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("synthetic data set (%d train / %d val images, %d px) written to %s in %.1f s",
-                cfg.num_train, cfg.num_val, cfg.size, out_dir, time.perf_counter() - start)
+    logger.info(
+        "synthetic data set (%d train / %d val images, %d px) written to %s in %.1f s",
+        cfg.num_train,
+        cfg.num_val,
+        cfg.size,
+        out_dir,
+        time.perf_counter() - start,
+    )
     return out_dir
 
 
@@ -204,8 +227,10 @@ def ensure_synthetic_dataset(out_dir: str, variant: str = "synthetic") -> None:
         generate_synthetic_dataset(out_dir, BUILTIN_SYNTHETIC[variant], overwrite=True)
         return
     if os.path.exists(out_dir):
-        raise FileExistsError(f"{out_dir} exists but holds no complete synthetic data set (generation.json is "
-                              f"missing); delete it to regenerate")
+        raise FileExistsError(
+            f"{out_dir} exists but holds no complete synthetic data set (generation.json is "
+            f"missing); delete it to regenerate"
+        )
     try:
         generate_synthetic_dataset(out_dir, BUILTIN_SYNTHETIC[variant])
     except OSError:
@@ -226,15 +251,20 @@ def _background(rng: np.random.Generator, s: int, flat: bool = False) -> Tuple[n
     if kind == 0:
         theta, period = rng.uniform(0, np.pi), rng.uniform(5, 20)
         phase = (xs * np.cos(theta) + ys * np.sin(theta)) / period
-        t = (np.sin(2 * np.pi * phase) > 0).astype(np.float32) if rng.uniform() < 0.5 else \
-            0.5 + 0.5 * np.sin(2 * np.pi * phase)
+        t = (
+            (np.sin(2 * np.pi * phase) > 0).astype(np.float32)
+            if rng.uniform() < 0.5
+            else 0.5 + 0.5 * np.sin(2 * np.pi * phase)
+        )
     elif kind == 1:
         cell = rng.uniform(6, 20)
         t = ((np.floor(xs / cell) + np.floor(ys / cell)) % 2).astype(np.float32)
     elif kind == 2:
         coarse = rng.uniform(0, 1, size=(int(rng.integers(3, 9)),) * 2)
-        t = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((s, s), Image.BICUBIC),
-                       dtype=np.float32) / 255.0
+        t = (
+            np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((s, s), Image.BICUBIC), dtype=np.float32)
+            / 255.0
+        )
     else:
         theta = rng.uniform(0, 2 * np.pi)
         t = (xs * np.cos(theta) + ys * np.sin(theta)) / s
@@ -243,8 +273,9 @@ def _background(rng: np.random.Generator, s: int, flat: bool = False) -> Tuple[n
     return image.astype(np.float32), image.reshape(-1, 3).mean(axis=0)
 
 
-def _propose(cfg: SyntheticConfig, rng: np.random.Generator, objects: List[Dict[str, Any]],
-             bg_mean: np.ndarray, s: int) -> Dict[str, Any]:
+def _propose(
+    cfg: SyntheticConfig, rng: np.random.Generator, objects: List[Dict[str, Any]], bg_mean: np.ndarray, s: int
+) -> Dict[str, Any]:
     """A candidate object: class, centre, radius, rotation, colour (touching a same-class one or free)."""
     if objects and rng.uniform() < cfg.touch_prob:
         anchor = objects[int(rng.integers(len(objects)))]
@@ -260,13 +291,22 @@ def _propose(cfg: SyntheticConfig, rng: np.random.Generator, objects: List[Dict[
         cls = int(rng.integers(len(CLASSES)))
         base = _object_colour(rng, bg_mean, [o["base"] for o in objects], cfg.min_color_distance)
     colour = (1 - cfg.color_similarity) * base + cfg.color_similarity * bg_mean
-    area = {0: np.pi, 1: 2.56, 2: 0.75 * np.sqrt(3) * 1.44, 3: np.pi * (1 - 0.55 ** 2)}[cls] * r * r
-    return {"cls": cls, "cx": float(cx), "cy": float(cy), "r": float(r), "theta": float(rng.uniform(0, 2 * np.pi)),
-            "base": base, "colour": colour, "area": float(area)}
+    area = {0: np.pi, 1: 2.56, 2: 0.75 * np.sqrt(3) * 1.44, 3: np.pi * (1 - 0.55**2)}[cls] * r * r
+    return {
+        "cls": cls,
+        "cx": float(cx),
+        "cy": float(cy),
+        "r": float(r),
+        "theta": float(rng.uniform(0, 2 * np.pi)),
+        "base": base,
+        "colour": colour,
+        "area": float(area),
+    }
 
 
-def _object_colour(rng: np.random.Generator, bg_mean: np.ndarray, others: Sequence[np.ndarray] = (),
-                   min_distance: float = 0.0) -> np.ndarray:
+def _object_colour(
+    rng: np.random.Generator, bg_mean: np.ndarray, others: Sequence[np.ndarray] = (), min_distance: float = 0.0
+) -> np.ndarray:
     """A colour at least 90 (RGB distance) from the background mean and ``min_distance`` from each of
     ``others``, when one is found in 20 draws."""
     colour = rng.uniform(0, 255, size=3)
@@ -289,8 +329,9 @@ def _object_window(obj: Dict[str, Any], s: int) -> Tuple[Tuple[slice, slice], np
     return (slice(y0, y1), slice(x0, x1)), dx * c + dy * sn, -dx * sn + dy * c
 
 
-def _paint(image: np.ndarray, mask: np.ndarray, obj: Dict[str, Any], u: np.ndarray, v: np.ndarray,
-           square_stripes: bool = True) -> None:
+def _paint(
+    image: np.ndarray, mask: np.ndarray, obj: Dict[str, Any], u: np.ndarray, v: np.ndarray, square_stripes: bool = True
+) -> None:
     """Fill ``mask`` with the object's colour; squares get stripes (tone 0.7) of period 6 px (``square_stripes``)."""
     if obj["cls"] == 1 and square_stripes:
         tone = np.where((np.floor(u / 3.0) % 2) == 0, 1.0, 0.7).astype(np.float32)

@@ -8,6 +8,7 @@ bilinearly (PIL, as detectron2), masks by centre-aligned nearest neighbour, boxe
 
 Mask2Former's LSJ is ``RandomFlip → ResizeScale(0.1, 2.0, IMAGE_SIZE) → FixedSizeCrop(IMAGE_SIZE, pad 128)``.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -115,7 +116,7 @@ class CropTransform(Transform):
         self.x0, self.y0, self.w, self.h = x0, y0, w, h
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        return image[self.y0:self.y0 + self.h, self.x0:self.x0 + self.w]
+        return image[self.y0 : self.y0 + self.h, self.x0 : self.x0 + self.w]
 
     def apply_boxes(self, boxes: np.ndarray) -> np.ndarray:
         out = boxes - np.array([self.x0, self.y0, self.x0, self.y0], dtype=boxes.dtype)
@@ -241,10 +242,12 @@ class FixedSizeCrop(Augmentation):
         out_h, out_w = self.crop_size
         off = np.round(np.array([max(h - out_h, 0), max(w - out_w, 0)]) * rng.uniform(0.0, 1.0, size=2)).astype(int)
         ch, cw = min(h, out_h), min(w, out_w)
-        return TransformList([
-            CropTransform(int(off[1]), int(off[0]), cw, ch),
-            PadTransform(out_w - cw, out_h - ch, self.pad_value),
-        ])
+        return TransformList(
+            [
+                CropTransform(int(off[1]), int(off[0]), cw, ch),
+                PadTransform(out_w - cw, out_h - ch, self.pad_value),
+            ]
+        )
 
 
 class ResizeShortestEdge(Augmentation):
@@ -291,8 +294,9 @@ def shortest_edge_size(h: int, w: int, size: int, max_size: int) -> Tuple[int, i
     return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
 
 
-def apply_augmentations(augs: Sequence[Augmentation], image: np.ndarray,
-                        rng: np.random.Generator) -> Tuple[np.ndarray, TransformList]:
+def apply_augmentations(
+    augs: Sequence[Augmentation], image: np.ndarray, rng: np.random.Generator
+) -> Tuple[np.ndarray, TransformList]:
     """Draw and apply each augmentation in turn (each sees the previous output's size)."""
     transforms: List[Transform] = []
     for aug in augs:

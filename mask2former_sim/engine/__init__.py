@@ -1,4 +1,5 @@
 """Training engine: optimizer and schedule, atomic checkpoints, distributed launch, the training loop."""
+
 from .checkpoint import Checkpointer, CheckpointError, load_checkpoint_file, load_model_weights, unwrap_model
 from .launch import default_argument_parser, launch
 from .lr_scheduler import WarmupMultiStepLR, WarmupPolyLR, build_lr_scheduler

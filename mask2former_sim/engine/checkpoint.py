@@ -13,6 +13,7 @@ Atomic writes: the file goes to ``<name>.tmp`` in the same folder, is flushed an
 killed at any moment leaves either the previous complete state or the new complete state, so ``--resume``
 never picks a truncated file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -181,7 +182,7 @@ def _extract_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
             continue
         key = str(key)
         while key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         state[key] = value
     if not state:
         raise CheckpointError(f"{path} holds a dict without any tensor; expected model weights")
@@ -299,9 +300,6 @@ class Checkpointer:
             raise CheckpointError(f"{record} is empty; expected the file name of the last checkpoint")
         return os.path.join(self.save_dir, name)
 
-    def has_checkpoint(self) -> bool:
-        return self.last_checkpoint_path() is not None
-
     def load(self, path: str) -> int:
         """Restore everything from our checkpoint at ``path``; returns the stored iteration."""
         data = load_checkpoint_file(path, allow_pickle=True)
@@ -311,7 +309,7 @@ class Checkpointer:
                 f"{path} is not a training checkpoint: expected a dict with 'model' and 'iteration', found {found}"
             )
         unwrap_model(self.model).load_state_dict(
-            {k[len("module."):] if k.startswith("module.") else k: v for k, v in data["model"].items()}
+            {k[len("module.") :] if k.startswith("module.") else k: v for k, v in data["model"].items()}
         )
         for key, obj in self._state_objects().items():
             if obj is None:

@@ -9,6 +9,7 @@ and appends one JSON object per line to ``OUTPUT_DIR/metrics.json`` (detectron2'
 ``total_loss``, each term, ``lr``, ``time``, ``data_time``, ``eta_seconds``). Evaluation results are appended
 to the same file as flat ``"segm/AP"``-style keys.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -47,10 +48,6 @@ class SmoothedValue:
     @property
     def avg(self) -> float:
         return sum(self.values) / len(self.values) if self.values else math.nan
-
-    @property
-    def latest(self) -> float:
-        return self.values[-1] if self.values else math.nan
 
 
 class JSONLinesWriter:
@@ -135,9 +132,7 @@ class TrainingProgress:
         )
         record: Dict[str, Any] = {"iteration": iteration, "total_loss": self.total_loss.median}
         record.update({k: v.median for k, v in self.losses.items()})
-        record.update(
-            {"lr": self.lr, "time": self.iter_time.avg, "data_time": self.data_time.avg, "eta_seconds": eta}
-        )
+        record.update({"lr": self.lr, "time": self.iter_time.avg, "data_time": self.data_time.avg, "eta_seconds": eta})
         self.writer.write(_finite_or_none(record))
 
     def write_results(self, iteration: int, results: Mapping[str, Any], extra: Optional[Dict] = None) -> None:

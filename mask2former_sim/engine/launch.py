@@ -12,6 +12,7 @@ Backend: NCCL when CUDA has at least ``num_gpus_per_machine`` devices, otherwise
 CPU-only machine spawns 2 gloo processes that train on the CPU: the same code path as multi-GPU training, which
 the tests use.
 """
+
 from __future__ import annotations
 
 import argparse

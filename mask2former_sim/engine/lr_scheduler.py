@@ -12,6 +12,7 @@ the schedules are
     poly:        lr(t) = lr_0 * w(t) * (1 - t / MAX_ITER) ** POLY_LR_POWER, floored at
                  lr_0 * POLY_LR_CONSTANT_ENDING once warm-up is over (when the floor is > 0).
 """
+
 from __future__ import annotations
 
 import bisect

@@ -9,6 +9,7 @@ teacher) never enter the optimizer and a parameter shared by two modules enters 
 Clipping is a separate function (:func:`clip_gradients`) rather than a hidden part of ``optimizer.step()`` so
 that the trainer can unscale AMP gradients first (``scaler.unscale_(optimizer)``) and then clip true gradients.
 """
+
 from __future__ import annotations
 
 import logging
@@ -142,6 +143,4 @@ def clip_gradients(
     if clip_type == "value":
         torch.nn.utils.clip_grad_value_(params, clip_value)
         return None
-    raise ValueError(
-        f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'full_model', 'norm' or 'value', got {clip_type!r}"
-    )
+    raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'full_model', 'norm' or 'value', got {clip_type!r}")

@@ -3,6 +3,7 @@
 Only the main process logs to the console and to ``OUTPUT_DIR/log.txt``; the other processes log warnings
 and errors to the console (prefixed with their rank), so a failure on any rank is visible.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,9 @@ logger = logging.getLogger(__name__)
 _LOG_FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
 
 
-def setup_logger(output_dir: Optional[str] = None, rank: Optional[int] = None, name: str = "mask2former_sim") -> logging.Logger:
+def setup_logger(
+    output_dir: Optional[str] = None, rank: Optional[int] = None, name: str = "mask2former_sim"
+) -> logging.Logger:
     """Console handler (INFO on rank 0, WARNING elsewhere) and, on rank 0, ``output_dir/log.txt``.
 
     Idempotent: handlers installed by an earlier call are replaced.

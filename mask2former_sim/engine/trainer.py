@@ -12,6 +12,7 @@ stream the model sees depends only on the seed and the iteration: a resumed run 
 The loader must therefore draw its own randomness from its own generators (ours derive them from ``SEED`` and
 the stream position), not from the global RNG.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,8 +63,10 @@ class Trainer:
 
     Args:
         cfg: full config (``SOLVER``, ``TEST``, ``OUTPUT_DIR``, ``MODEL.DEVICE``, ``LOG_PERIOD`` ...).
-        model: a model to train instead of ``build_model(cfg)``; its train-mode forward takes a list of dicts and
-            returns a dict of scalar losses (already weighted).
+        model: a model to train instead of ``build_model(cfg)``. The trainer relies on two methods: the
+            train-mode ``forward(batch, iteration=i)`` (a list of dicts and the training iteration → a dict of
+            scalar losses, already weighted) and ``after_optimizer_step()`` (called after every optimizer step
+            that was taken; e.g. the SIM teacher's EMA update).
         train_loader_fn: ``fn(cfg, start_iter) -> iterable of batches`` instead of :meth:`build_train_loader`.
         extra_state: named objects with ``state_dict``/``load_state_dict`` stored in checkpoints beside the model
             (state outside the model's own ``state_dict``).
@@ -159,9 +162,6 @@ class Trainer:
     def resume_or_load(self, resume: bool = True) -> int:
         """Resume from ``OUTPUT_DIR/last_checkpoint`` (``resume``) or load ``MODEL.WEIGHTS``; sets start_iter."""
         self.start_iter = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-        core = unwrap_model(self.model)
-        if hasattr(core, "init_teacher"):  # SIM: the teacher copies the loaded student (kept if resumed)
-            core.init_teacher()
         return self.start_iter
 
     def train(self) -> Dict[str, Any]:
@@ -200,9 +200,6 @@ class Trainer:
         """One optimizer step over ``GRAD_ACCUM_STEPS`` micro-batches; returns the all-reduced loss terms."""
         assert self._data_iter is not None, "call train() (it builds the data iterator) before run_step()"
         start = time.perf_counter()
-        core = unwrap_model(self.model)
-        if hasattr(core, "set_iter"):
-            core.set_iter(self.iter)
         self.optimizer.zero_grad(set_to_none=True)
         sums: Dict[str, torch.Tensor] = {}
         data_time = 0.0
@@ -217,7 +214,7 @@ class Trainer:
                 sync = self.model.no_sync()
             with sync:
                 with torch.autocast(self.device.type, enabled=self.amp):
-                    loss_dict = self.model(batch)
+                    loss_dict = self.model(batch, iteration=self.iter)
                 _check_loss_dict(loss_dict, self.iter)
                 total = sum(loss_dict.values())
                 self.scaler.scale(total / self.accum_steps).backward()
@@ -231,8 +228,7 @@ class Trainer:
             self.nonfinite_in_a_row = 0
             self._nonfinite_terms.clear()
             self._optimizer_step()
-            if hasattr(core, "after_step"):  # e.g. the SIM teacher's EMA update
-                core.after_step()
+            unwrap_model(self.model).after_optimizer_step()
         lr = max(group["lr"] for group in self.optimizer.param_groups)
         self.scheduler.step()
         if self.progress is not None:

@@ -4,6 +4,7 @@ Differences from pycocotools' ``summarize()`` that matter for crowded data: ``su
 line (AP) at ``maxDets=100`` whatever ``params.maxDets`` holds, so an image with 300 nuclei caps AP even for a
 perfect prediction. Here every number is read from ``COCOeval.eval["precision"]`` at the LAST ``maxDets`` entry.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..utils import comm
 from ..modeling.postprocessing import masks_to_boxes
+from ..utils import comm
 from .evaluator import format_table
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,9 @@ class COCOEvaluator:
         if len(image_ids) < len(self._coco_gt.getImgIds()):
             logger.warning(
                 "Evaluating %d of the %d images of %s (only those processed).",
-                len(image_ids), len(self._coco_gt.getImgIds()), self._gt_json,
+                len(image_ids),
+                len(self._coco_gt.getImgIds()),
+                self._gt_json,
             )
         coco_results = [r for p in predictions for r in p["instances"]]
         self._write_results(coco_results)

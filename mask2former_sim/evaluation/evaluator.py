@@ -1,4 +1,5 @@
 """Run a model over a test loader with an evaluator, and format result dicts as text tables."""
+
 from __future__ import annotations
 
 import datetime
@@ -61,8 +62,12 @@ def inference_on_dataset(
         total: Optional[int] = len(data_loader)  # type: ignore[arg-type]
     except TypeError:
         total = None
-    logger.info("Start inference on %s batches (rank %d of %d).", total if total is not None else "?",
-                comm.get_rank(), comm.get_world_size())
+    logger.info(
+        "Start inference on %s batches (rank %d of %d).",
+        total if total is not None else "?",
+        comm.get_rank(),
+        comm.get_world_size(),
+    )
     evaluator.reset()
     was_training = model.training
     model.eval()
@@ -85,7 +90,11 @@ def inference_on_dataset(
                     eta = "?" if total is None else str(datetime.timedelta(seconds=int(per_batch * (total - count))))
                     logger.info(
                         "Inference done %d/%s. %.4f s/batch (model %.4f s/batch). ETA=%s",
-                        count, total if total is not None else "?", per_batch, compute_time / count, eta,
+                        count,
+                        total if total is not None else "?",
+                        per_batch,
+                        compute_time / count,
+                        eta,
                     )
     finally:
         model.train(was_training)

@@ -10,6 +10,7 @@ The pure-PyTorch path (``grid_sample``, bilinear, zero padding, ``align_corners=
 numerically the reference for the compiled op and runs anywhere (CPU, Mac, CI). The compiled op lives in
 :mod:`.ms_deform_attn_cuda` and is imported lazily, so importing this module never needs it.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -81,8 +82,10 @@ def cuda_op_available() -> bool:
 
 def _cuda_unavailable_message(reason: str) -> str:
     module = _cuda_module()
-    hint = module.build_hint() if module is not None else (
-        "mask2former_sim/layers/ms_deform_attn_cuda.py is missing; build the op with `pip install ./ops`"
+    hint = (
+        module.build_hint()
+        if module is not None
+        else ("mask2former_sim/layers/ms_deform_attn_cuda.py is missing; build the op with `pip install ./ops`")
     )
     return (
         f"ms_deform_attn(impl='cuda') was requested but {reason}. {hint} "
@@ -109,8 +112,9 @@ def ms_deform_attn(
         im2col_step: batch chunk of the CUDA op (ignored by the PyTorch path).
     """
     if impl not in MSDA_IMPLS:
-        raise ValueError(f"ms_deform_attn: impl must be one of {MSDA_IMPLS}, got {impl!r} "
-                         "(config key MODEL.SEM_SEG_HEAD.MSDA_IMPL)")
+        raise ValueError(
+            f"ms_deform_attn: impl must be one of {MSDA_IMPLS}, got {impl!r} (config key MODEL.SEM_SEG_HEAD.MSDA_IMPL)"
+        )
     use_cuda = False
     if impl == "cuda":
         if not value.is_cuda:

@@ -5,6 +5,7 @@ Importing this module never fails: the extension is imported lazily on first use
 or float64; float16/bfloat16 inputs (e.g. under autocast) are cast to float32 for the kernels and the results cast
 back to the input dtypes, so half precision costs no accuracy beyond the final rounding.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,7 @@ __all__ = ["MSDeformAttnFunction", "build_hint", "is_available", "load_op"]
 logger = logging.getLogger(__name__)
 
 BUILD_COMMAND = (
-    'TORCH_CUDA_ARCH_LIST="8.0;9.0" FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda '
-    "pip install --no-build-isolation ./ops"
+    'TORCH_CUDA_ARCH_LIST="8.0;9.0" FORCE_CUDA=1 CUDA_HOME=/usr/local/cuda pip install --no-build-isolation ./ops'
 )
 _EXTENSION_NAME = "MultiScaleDeformableAttention"
 _op: Optional[ModuleType] = None

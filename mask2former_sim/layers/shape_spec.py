@@ -1,4 +1,5 @@
 """``ShapeSpec``: channels and stride of one feature map (detectron2's name)."""
+
 from typing import NamedTuple, Optional
 
 __all__ = ["ShapeSpec"]

@@ -1,20 +1,22 @@
 """Mask2Former model: backbone, pixel decoder, transformer decoder, matcher, criterion, meta-architecture.
 
-``build_model`` imports the network modules on first use, so the losses, matcher and criterion import without
-timm or the deformable-attention stack.
+``build_model`` imports the network modules on first use, so the losses, matcher, criterion and supervision
+import without timm or the deformable-attention stack.
 """
-from .criterion import SetCriterion, build_criterion
-from .matcher import MATCHING_COSTS, HungarianMatcher, MaskCost, build_matcher
+
+from .criterion import SetCriterion
+from .mask_supervision import MaskCost
+from .matcher import HungarianMatcher
 from .postprocessing import instance_inference, masks_to_boxes
+from .supervision import build_criterion, build_supervision
 
 __all__ = [
     "build_model",
     "MaskFormer",
+    "build_supervision",
     "build_criterion",
-    "build_matcher",
     "HungarianMatcher",
     "MaskCost",
-    "MATCHING_COSTS",
     "SetCriterion",
     "instance_inference",
     "masks_to_boxes",

@@ -10,6 +10,7 @@ is an error, not a silent drop. Evaluation returns ``[{"instances": {"pred_masks
 "pred_classes"}}]`` at each image's ("height", "width"), through :mod:`.postprocessing` or, for large images,
 the sliding-window inference of :mod:`.sliding_window`.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,13 +19,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .box_supervision import add_box_targets
-from .criterion import build_criterion
 from .postprocessing import masks_to_instances, resize_mask_logits, topk_queries
+from .supervision import build_criterion, build_supervision
+from .targets import Targets, box_targets, image_targets, paste_targets, with_pseudo_masks
 
 __all__ = ["MaskFormer", "apply_loss_weights", "pad_images", "check_supported_choices"]
-
-SUPERVISION_MODES = ("mask", "box", "sim")
 
 
 def apply_loss_weights(losses: Dict[str, torch.Tensor], weight_dict: Dict[str, float]) -> Dict[str, torch.Tensor]:
@@ -36,8 +35,10 @@ def apply_loss_weights(losses: Dict[str, torch.Tensor], weight_dict: Dict[str, f
     """
     missing = sorted(k for k in losses if k not in weight_dict)
     if missing:
-        raise KeyError(f"losses {missing} have no entry in criterion.weight_dict (keys: {sorted(weight_dict)}); "
-                       "add their weights where the criterion is built so they are not silently dropped")
+        raise KeyError(
+            f"losses {missing} have no entry in criterion.weight_dict (keys: {sorted(weight_dict)}); "
+            "add their weights where the criterion is built so they are not silently dropped"
+        )
     not_scalar = {k: tuple(v.shape) for k, v in losses.items() if not isinstance(v, torch.Tensor) or v.dim() != 0}
     if not_scalar:
         raise ValueError(f"losses must be scalar tensors; found shapes {not_scalar}")
@@ -66,9 +67,14 @@ def pad_images(images: Sequence[torch.Tensor], size_divisibility: int) -> Tuple[
 def check_supported_choices(cfg) -> None:
     """Mask2Former config keys that name a choice this project implements one way only must name that way."""
     supported = {
-        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": (cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME, "MSDeformAttnPixelDecoder"),
-        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": (cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME,
-                                                       "MultiScaleMaskedTransformerDecoder"),
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": (
+            cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME,
+            "MSDeformAttnPixelDecoder",
+        ),
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": (
+            cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME,
+            "MultiScaleMaskedTransformerDecoder",
+        ),
         "MODEL.MASK_FORMER.TEST.INSTANCE_ON": (cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON, True),
         "MODEL.SWIN.PATCH_NORM": (cfg.MODEL.SWIN.PATCH_NORM, True),
     }
@@ -84,17 +90,18 @@ class MaskFormer(nn.Module):
         backbone: images (B, 3, H, W) → {"res2", ..., "res5"}.
         pixel_decoder: has ``forward_features(features) -> (mask_features, _, multi_scale_features)``.
         transformer_decoder: ``(multi_scale_features, mask_features) -> outputs`` with ``aux_outputs``.
-        criterion: ``(outputs, targets) -> unweighted losses``, with a ``weight_dict`` attribute.
-        supervision: "mask", "box" or "sim"; GT masks are read only in "mask".
+        criterion: a :class:`~.criterion.SetCriterion` (unweighted losses, a ``weight_dict``).
+        supervision: the mode's name ("mask", "box", "sim"; :mod:`.supervision`), for logs and tools.
+        num_classes: K; training labels must lie in ``[0, K)``.
+        gt_masks: the targets carry GT masks (mask supervision only).
         size_divisibility: pad the batch to a multiple of this.
         pixel_mean, pixel_std: RGB normalisation in 0-255 units.
         deep_supervision: train every head; otherwise the auxiliary outputs are ignored.
         test_topk: detections per image (``TEST.DETECTIONS_PER_IMAGE``).
         sliding_window: kwargs of ``sliding_window_inference`` (tile_size, stride, dedup_iou, border_margin) to
             tile evaluation images, or None.
-        box_target_kwargs: kwargs of :func:`~.box_supervision.add_box_targets` (box and SIM supervision).
-        sim: the :class:`~.sim.SIMSupervisor` (teacher, prototypes, pseudo masks, copy-paste); required by, and
-            only used in, "sim" supervision.
+        box_target_kwargs: kwargs of :func:`~.targets.box_targets` (box and SIM supervision), or None.
+        sim: the :class:`~.sim.SIMSupervisor` (teacher, prototypes, pseudo masks, copy-paste), or None.
     """
 
     def __init__(
@@ -105,6 +112,8 @@ class MaskFormer(nn.Module):
         transformer_decoder: nn.Module,
         criterion: nn.Module,
         supervision: str,
+        num_classes: int,
+        gt_masks: bool,
         size_divisibility: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -115,27 +124,25 @@ class MaskFormer(nn.Module):
         sim: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
-        if supervision not in SUPERVISION_MODES:
-            raise ValueError(f"MODEL.MASK_FORMER.SUPERVISION must be one of {SUPERVISION_MODES}, found {supervision!r}")
+        if sim is not None and box_target_kwargs is None:
+            raise ValueError("SIM needs box targets: give box_target_kwargs with the SIMSupervisor")
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.criterion = criterion
         self.supervision = supervision
+        self.num_classes = num_classes
+        self.gt_masks = gt_masks
         self.size_divisibility = size_divisibility
         self.deep_supervision = deep_supervision
         self.test_topk = test_topk
         self.sliding_window = dict(sliding_window) if sliding_window else None
         self.box_target_kwargs = dict(box_target_kwargs) if box_target_kwargs else None
-        if supervision != "mask" and self.box_target_kwargs is None:
-            raise ValueError(f"SUPERVISION {supervision!r} needs box_target_kwargs (stride, kernel_size, dilation, "
-                             "theta, bottom_pixels_removed) to build box masks and colour similarities")
-        if (supervision == "sim") != (sim is not None):
-            raise ValueError(f"SUPERVISION {supervision!r}: a SIMSupervisor is needed in 'sim' mode and only there")
         self.sim = sim
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-        # training iteration, saved with the weights so warm-ups and schedules resume where they stopped
+        # the iteration of the last training forward, saved with the weights (tools read it to reproduce the
+        # losses of a checkpoint); the trainer passes the iteration to every forward
         self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
 
     @classmethod
@@ -151,32 +158,35 @@ class MaskFormer(nn.Module):
         sw = cfg.TEST.SLIDING_WINDOW
         sliding_window = None
         if sw.ENABLED:
-            sliding_window = {"tile_size": sw.TILE_SIZE, "stride": sw.STRIDE, "dedup_iou": sw.DEDUP_IOU,
-                              "border_margin": sw.BORDER_MARGIN, "min_score": sw.MIN_SCORE}
-        mf, bi = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST
-        box_target_kwargs = None
-        if mf.SUPERVISION != "mask":
-            box_target_kwargs = {"stride": bi.MASK_STRIDE, "kernel_size": bi.PAIRWISE.SIZE,
-                                 "dilation": bi.PAIRWISE.DILATION, "theta": bi.PAIRWISE.THETA,
-                                 "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED}
+            sliding_window = {
+                "tile_size": sw.TILE_SIZE,
+                "stride": sw.STRIDE,
+                "dedup_iou": sw.DEDUP_IOU,
+                "border_margin": sw.BORDER_MARGIN,
+                "min_score": sw.MIN_SCORE,
+            }
+        supervision = build_supervision(cfg)
         sim = None
-        if mf.SUPERVISION == "sim":
+        if supervision.sim:
             from .sim import SIMSupervisor
 
             sim = SIMSupervisor.from_config(cfg, backbone, pixel_decoder, transformer_decoder)
+        mf = cfg.MODEL.MASK_FORMER
         return cls(
             backbone=backbone,
             pixel_decoder=pixel_decoder,
             transformer_decoder=transformer_decoder,
-            criterion=build_criterion(cfg),
-            supervision=mf.SUPERVISION,
+            criterion=build_criterion(cfg, supervision),
+            supervision=supervision.mode,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            gt_masks=supervision.gt_masks,
             size_divisibility=mf.SIZE_DIVISIBILITY,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
             pixel_std=cfg.MODEL.PIXEL_STD,
             deep_supervision=mf.DEEP_SUPERVISION,
             test_topk=cfg.TEST.DETECTIONS_PER_IMAGE,
             sliding_window=sliding_window,
-            box_target_kwargs=box_target_kwargs,
+            box_target_kwargs=supervision.box_target_kwargs,
             sim=sim,
         )
 
@@ -186,25 +196,23 @@ class MaskFormer(nn.Module):
 
     @property
     def current_iter(self) -> int:
-        """The training iteration last given to :meth:`set_iter`."""
+        """The iteration of the last training forward (or of the loaded checkpoint)."""
         return int(self.iteration.item())
 
-    def set_iter(self, iteration: int) -> None:
-        """Record the training iteration (called by the trainer before each step) and pass it to the criterion."""
-        self.iteration.fill_(int(iteration))
-        if hasattr(self.criterion, "set_iter"):
-            self.criterion.set_iter(int(iteration))
+    def student_parts(self) -> List[nn.Module]:
+        """The networks the SIM teacher copies: backbone, pixel decoder, transformer decoder."""
+        return [self.backbone, self.pixel_decoder, self.transformer_decoder]
 
     def init_teacher(self) -> None:
-        """SIM: make the teacher a copy of the student, once the student's weights are loaded (the trainer calls
-        this after ``resume_or_load``; a teacher restored from a checkpoint is kept)."""
+        """SIM: make the teacher a copy of the student unless it already is one (or comes from a checkpoint).
+        Done by the first training forward, after the trainer has loaded the weights."""
         if self.sim is not None:
-            self.sim.init_teacher([self.backbone, self.pixel_decoder, self.transformer_decoder])
+            self.sim.init_teacher(self.student_parts())
 
-    def after_step(self) -> None:
-        """Called by the trainer after every optimizer step: the SIM teacher's EMA update."""
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after every optimizer step: the SIM teacher's EMA update (nothing otherwise)."""
         if self.sim is not None:
-            self.sim.update_teacher([self.backbone, self.pixel_decoder, self.transformer_decoder])
+            self.sim.update_teacher(self.student_parts())
 
     def preprocess_images(self, batched_inputs: List[Dict[str, Any]]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """Normalised, zero-padded batch (B, 3, Hp, Wp) and the (H, W) of every image."""
@@ -228,74 +236,45 @@ class MaskFormer(nn.Module):
         outputs["mask_features"] = mask_features
         return outputs
 
-    def prepare_targets(
-        self, batched_inputs: List[Dict[str, Any]], padded_size: Tuple[int, int]
-    ) -> List[Dict[str, torch.Tensor]]:
-        """Per-image targets at the padded input size.
-
-        Returns:
-            dicts with ``labels`` int64 (N,), ``boxes`` float (N, 4) XYXY in input pixels, ``padding_mask`` bool
-            (Hp, Wp) (True = padding, from the mapper's mask and the batch padding), and in "mask" supervision
-            ``masks`` bool (N, Hp, Wp) (zero outside the image).
-        """
-        hp, wp = padded_size
-        targets = []
-        for i, x in enumerate(batched_inputs):
-            if "instances" not in x:
-                raise KeyError(f"training input {i} has no 'instances' (keys: {sorted(x)})")
-            inst = x["instances"]
-            h, w = int(x["image"].shape[-2]), int(x["image"].shape[-1])
-            padding_mask = torch.ones(hp, wp, dtype=torch.bool, device=self.device)
-            if "padding_mask" in x:
-                padding_mask[:h, :w] = x["padding_mask"].to(self.device, dtype=torch.bool)
-            else:
-                padding_mask[:h, :w] = False
-            labels = inst["gt_classes"].to(self.device, dtype=torch.int64)
-            num_classes = getattr(self.criterion, "num_classes", None)
-            out_of_range = labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < (num_classes or 0)
-            if num_classes is not None and out_of_range:
-                raise ValueError(f"training input {i} (image_id {x.get('image_id')}): gt_classes must lie in "
-                                 f"[0, {num_classes}) (MODEL.SEM_SEG_HEAD.NUM_CLASSES), found {labels.tolist()}")
-            target = {
-                "labels": labels,
-                "boxes": inst["gt_boxes"].to(self.device, dtype=torch.float32).reshape(-1, 4),
-                "padding_mask": padding_mask,
-            }
-            if self.supervision == "mask":
-                if "gt_masks" not in inst:
-                    raise KeyError(f"training input {i}: SUPERVISION 'mask' needs instances['gt_masks'] (keys: "
-                                   f"{sorted(inst)}); use a dataset with segmentations or a box supervision mode")
-                gt_masks = inst["gt_masks"].to(self.device, dtype=torch.bool)
-                masks = torch.zeros(gt_masks.shape[0], hp, wp, dtype=torch.bool, device=self.device)
-                masks[:, : gt_masks.shape[-2], : gt_masks.shape[-1]] = gt_masks
-                target["masks"] = masks
-            targets.append(target)
+    def build_targets(self, batched_inputs: List[Dict[str, Any]], padded_size: Tuple[int, int]) -> Targets:
+        """The targets of a training batch (:mod:`.targets`), everything but SIM's pseudo masks."""
+        targets = image_targets(batched_inputs, padded_size, self.device, self.num_classes, self.gt_masks)
+        if self.box_target_kwargs is not None:
+            raw_images, _ = pad_images(
+                [x["image"].to(self.device).float() for x in batched_inputs], self.size_divisibility
+            )
+            targets = box_targets(targets, raw_images, **self.box_target_kwargs)
+        if self.sim is not None:
+            targets = paste_targets(targets, batched_inputs, self.box_target_kwargs["stride"])
         return targets
 
-    def forward(self, batched_inputs: List[Dict[str, Any]]):
-        """Weighted losses (training) or per-image instances (evaluation); see the module docstring."""
+    def forward(self, batched_inputs: List[Dict[str, Any]], iteration: Optional[int] = None):
+        """Weighted losses (training) or per-image instances (evaluation); see the module docstring.
+
+        Args:
+            batched_inputs: detectron2-format inputs.
+            iteration: the training iteration (the trainer passes it; default: :attr:`current_iter`).
+        """
         if not self.training:
             if self.sliding_window is not None:
                 return self.sliding_window_inference(batched_inputs)
             return self.inference(batched_inputs)
+        iteration = self.current_iter if iteration is None else int(iteration)
+        self.iteration.fill_(iteration)
         if self.sim is not None:
-            self.init_teacher()  # no-op once initialised (by the trainer, or from a checkpoint)
-            batched_inputs = self.sim.paste(batched_inputs, self.current_iter)
+            self.init_teacher()  # no-op once initialised (or restored from a checkpoint)
+            batched_inputs = self.sim.paste(batched_inputs, iteration)
         images, _ = self.preprocess_images(batched_inputs)
         outputs = self.forward_network(images)
         if not self.deep_supervision:
             outputs.pop("aux_outputs", None)
-        targets = self.prepare_targets(batched_inputs, tuple(images.shape[-2:]))
-        if self.box_target_kwargs is not None:
-            raw_images, _ = pad_images([x["image"].to(self.device).float() for x in batched_inputs],
-                                       self.size_divisibility)
-            add_box_targets(targets, raw_images, **self.box_target_kwargs)
+        targets = self.build_targets(batched_inputs, tuple(images.shape[-2:]))
         indices = None
         if self.sim is not None:
-            self.sim.add_paste_targets(targets, batched_inputs)
             indices = self.criterion.match(outputs, targets)
-            self.sim(images, batched_inputs, targets, indices, self.current_iter, outputs["mask_features"])
-        losses = self.criterion(outputs, targets, indices)
+            result = self.sim(images, batched_inputs, targets, indices, iteration, outputs["mask_features"])
+            targets = with_pseudo_masks(targets, result.pseudo)
+        losses = self.criterion(outputs, targets, indices, iteration)
         return apply_loss_weights(losses, self.criterion.weight_dict)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ selected mask logits are brought to the output resolution (upsampled to the padd
 image size, resized to the requested output size), binarised at logit 0, scored by the mean foreground
 probability inside the binary mask, and boxed tightly.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple

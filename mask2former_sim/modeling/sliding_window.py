@@ -14,6 +14,7 @@ are merged:
 
 Masks are stored cropped to their boxes, so memory grows with the objects, not with tiles × image size.
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,8 +98,12 @@ def window_mask_iou(a: _TileInstance, b: _TileInstance) -> float:
 
 
 def _collect_tile_instances(
-    outputs: Sequence[Dict[str, Any]], tiles: Sequence[Tuple[int, int, int, int]], first_index: int,
-    image_hw: Tuple[int, int], border_margin: int, min_score: float = 0.0,
+    outputs: Sequence[Dict[str, Any]],
+    tiles: Sequence[Tuple[int, int, int, int]],
+    first_index: int,
+    image_hw: Tuple[int, int],
+    border_margin: int,
+    min_score: float = 0.0,
 ) -> List[_TileInstance]:
     height, width = image_hw
     found = []

@@ -1,4 +1,5 @@
 """Helpers around ``torch.distributed`` that also work in a single process."""
+
 from __future__ import annotations
 
 from typing import Any, List

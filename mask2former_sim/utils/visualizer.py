@@ -1,5 +1,6 @@
 """Draw instance predictions or ground truth on an RGB image with OpenCV: translucent masks, contours,
 mask-derived boxes and "class score" labels."""
+
 from __future__ import annotations
 
 import colorsys
@@ -89,22 +90,6 @@ def draw_instance_predictions(
     masks = _to_numpy(instances["pred_masks"]).astype(bool) if "pred_masks" in instances else None
     boxes = _to_numpy(instances["pred_boxes"]).astype(float) if "pred_boxes" in instances else None
     labels = [f"{class_name(c, class_names)} {s:.2f}" for c, s in zip(classes, scores)]
-    return draw_instances_on_image(image, masks, boxes, labels)
-
-
-def draw_ground_truth(
-    image: np.ndarray, dataset_dict: Mapping[str, Any], class_names: Optional[Sequence[str]] = None
-) -> np.ndarray:
-    """Draw a dataset dict's annotations (``bbox`` XYXY, ``category_id`` contiguous, optional ``segmentation``)."""
-    from ..data.coco import decode_segmentation
-
-    anns = [a for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
-    height, width = image.shape[:2]
-    boxes = np.array([a["bbox"] for a in anns], dtype=float).reshape(-1, 4)
-    masks = None
-    if anns and all("segmentation" in a for a in anns):
-        masks = np.stack([decode_segmentation(a["segmentation"], height, width) for a in anns])
-    labels = [class_name(a["category_id"], class_names) for a in anns]
     return draw_instances_on_image(image, masks, boxes, labels)
 
 

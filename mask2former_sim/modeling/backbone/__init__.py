@@ -1,4 +1,5 @@
 """Backbones: timm feature extractors returning ``res2..res5`` and their local-checkpoint loading."""
+
 from __future__ import annotations
 
 from typing import List
@@ -41,20 +42,23 @@ def load_backbone_weights(backbone: TimmBackbone, pretrained_offline: str = "", 
     reports = []
     if pretrained_offline:
         if pretrained_offline != "efficientnet_lite0":
-            raise ValueError(f"MODEL.BACKBONE.PRETRAINED_OFFLINE must be '' or 'efficientnet_lite0', "
-                             f"got {pretrained_offline!r}")
+            raise ValueError(
+                f"MODEL.BACKBONE.PRETRAINED_OFFLINE must be '' or 'efficientnet_lite0', got {pretrained_offline!r}"
+            )
         if backbone.model_name != "tf_efficientnet_lite0":
-            raise ValueError("MODEL.BACKBONE.PRETRAINED_OFFLINE 'efficientnet_lite0' needs MODEL.BACKBONE.NAME "
-                             f"'tf_efficientnet_lite0', got {backbone.model_name!r}")
+            raise ValueError(
+                "MODEL.BACKBONE.PRETRAINED_OFFLINE 'efficientnet_lite0' needs MODEL.BACKBONE.NAME "
+                f"'tf_efficientnet_lite0', got {backbone.model_name!r}"
+            )
         report = load_backbone_state_dict(
             backbone.model, efficientnet_lite0_offline_state_dict(), "timm", "efficientnet_lite0 package"
         )
         if report.missing or report.mismatched:
-            raise RuntimeError(f"efficientnet_lite0 package weights did not fit: missing {report.missing}, "
-                               f"mismatched {report.mismatched}")
+            raise RuntimeError(
+                f"efficientnet_lite0 package weights did not fit: missing {report.missing}, "
+                f"mismatched {report.mismatched}"
+            )
         reports.append(report)
     if weights:
         reports.append(load_backbone_state_dict(backbone.model, read_checkpoint(weights), "auto", weights))
     return reports
-
-

@@ -12,6 +12,7 @@ Accepted checkpoint formats (``MODEL.BACKBONE.WEIGHTS``), detected from the keys
 
 Every load logs how many tensors were loaded and names the missing, unexpected and shape-mismatched keys.
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,7 +80,7 @@ def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
             value = torch.from_numpy(value)
         if not isinstance(value, torch.Tensor):
             continue
-        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+        state_dict[key[len("module.") :] if key.startswith("module.") else key] = value
     if not state_dict:
         raise ValueError(f"backbone checkpoint {path}: no tensors found")
     return state_dict
@@ -93,7 +94,7 @@ def convert_official_swin(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torc
             continue
         key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
         if key.startswith("head."):
-            key = "head.fc." + key[len("head."):]
+            key = "head.fc." + key[len("head.") :]
         out[key] = value
     return out
 
@@ -114,10 +115,12 @@ def convert_detectron2_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, 
 def resize_relative_position_bias_table(table: torch.Tensor, num_positions: int) -> torch.Tensor:
     """Resize a Swin bias table ((2w-1)^2, heads) to ``num_positions`` rows, bicubic over the (2w-1)^2 grid."""
     old_side = int(round(table.shape[0] ** 0.5))
-    new_side = int(round(num_positions ** 0.5))
+    new_side = int(round(num_positions**0.5))
     if old_side * old_side != table.shape[0] or new_side * new_side != num_positions:
-        raise ValueError(f"relative_position_bias_table with {table.shape[0]} rows cannot be resized to "
-                         f"{num_positions}: both must be squares (2*window-1)^2")
+        raise ValueError(
+            f"relative_position_bias_table with {table.shape[0]} rows cannot be resized to "
+            f"{num_positions}: both must be squares (2*window-1)^2"
+        )
     grid = table.float().T.reshape(1, table.shape[1], old_side, old_side)
     grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
     return grid.reshape(table.shape[1], num_positions).T.to(table.dtype)
@@ -178,8 +181,16 @@ def load_backbone_state_dict(
     model.load_state_dict(to_load, strict=False)
 
     report = LoadReport(loaded, missing, unexpected, mismatched, source_format)
-    logger.info("backbone weights %s (%s): loaded %d of %d tensors; %d missing, %d unexpected, %d mismatched",
-                name, source_format, len(loaded), len(target), len(missing), len(unexpected), len(mismatched))
+    logger.info(
+        "backbone weights %s (%s): loaded %d of %d tensors; %d missing, %d unexpected, %d mismatched",
+        name,
+        source_format,
+        len(loaded),
+        len(target),
+        len(missing),
+        len(unexpected),
+        len(mismatched),
+    )
     if missing:
         logger.warning("backbone keys missing from %s: %s", name, _abbreviate(missing))
     if unexpected:
@@ -209,8 +220,10 @@ def efficientnet_lite0_offline_state_dict() -> Dict[str, torch.Tensor]:
     out = {}
     for (src_key, value), (dst_key, ref) in zip(source.items(), reference.items()):
         if value.shape != ref.shape:
-            raise ValueError(f"{path}: tensor {src_key} {tuple(value.shape)} does not fit timm's {dst_key} "
-                             f"{tuple(ref.shape)} (position mapping broken)")
+            raise ValueError(
+                f"{path}: tensor {src_key} {tuple(value.shape)} does not fit timm's {dst_key} "
+                f"{tuple(ref.shape)} (position mapping broken)"
+            )
         out[dst_key] = value
     return out
 

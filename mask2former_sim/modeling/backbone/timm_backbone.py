@@ -9,6 +9,7 @@ Stochastic depth: a Swin backbone takes ``MODEL.SWIN.DROP_PATH_RATE`` (Mask2Form
 every other backbone takes ``MODEL.BACKBONE.DROP_PATH_RATE``. As Mask2Former's D2SwinTransformer, a Swin
 backbone normalises each returned feature with its own LayerNorm.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,8 @@ from typing import Any, Dict, List
 
 import timm
 import torch
-from torch import nn
 from timm.layers import freeze_batch_norm_2d
+from torch import nn
 
 from ...layers.shape_spec import ShapeSpec
 
@@ -131,8 +132,9 @@ class TimmBackbone(nn.Module):
         for name, stride in FEATURE_STRIDES.items():
             matches = [i for i, r in enumerate(reductions) if r == stride]
             if not matches:
-                raise ValueError(f"timm model {model_name!r} has feature strides {reductions}; "
-                                 f"{name} needs stride {stride}")
+                raise ValueError(
+                    f"timm model {model_name!r} has feature strides {reductions}; {name} needs stride {stride}"
+                )
             self._indices[name] = matches[-1]
         self._out_features = list(out_features)
         self._shapes = {f: ShapeSpec(channels[self._indices[f]], FEATURE_STRIDES[f]) for f in self._out_features}
@@ -143,7 +145,8 @@ class TimmBackbone(nn.Module):
             self.model.set_grad_checkpointing(True)
         self.output_norms = (
             nn.ModuleDict({f: nn.LayerNorm(self._shapes[f].channels) for f in self._out_features})
-            if output_norm else None
+            if output_norm
+            else None
         )
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
@@ -155,8 +158,10 @@ class TimmBackbone(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"backbone expects (B, 3, H, W), got {tuple(x.shape)}")
         if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"backbone input size {tuple(x.shape[-2:])} must be divisible by 32 "
-                             "(MODEL.MASK_FORMER.SIZE_DIVISIBILITY pads the batch)")
+            raise ValueError(
+                f"backbone input size {tuple(x.shape[-2:])} must be divisible by 32 "
+                "(MODEL.MASK_FORMER.SIZE_DIVISIBILITY pads the batch)"
+            )
         features = self.model(x)
         out = {}
         for name in self._out_features:

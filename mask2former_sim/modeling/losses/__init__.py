@@ -1,4 +1,5 @@
 """Loss and matching-cost functions, one module per family (``mask``: point-sampled BCE and dice)."""
+
 from .mask import (
     batch_dice_cost,
     batch_sigmoid_ce_cost,

@@ -9,6 +9,7 @@ Everything here is a pure function on tensors so it can be checked against hand 
 - :func:`compute_project_term` — ``dice(max_y m, max_y B) + dice(max_x m, max_x B)``.
 - :func:`compute_pairwise_term` — ``−log(p_i p_j + (1−p_i)(1−p_j))`` in log-space on the kept edges.
 """
+
 from __future__ import annotations
 
 from typing import Tuple

@@ -5,6 +5,7 @@ the mask's extent, so a stride-4 prediction and a full-resolution ground truth a
 (``point_sample`` handles the resolution mismatch). Losses average over the matched masks of the batch
 (``num_masks``); costs are batched over every (query, ground truth) pair of one image.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional

@@ -7,12 +7,13 @@ loss to probabilities as if they were logits; that is not reproduced here.
 Shapes: ``M`` instances, ``P`` pixels per instance (flattened ``h·w``). Every loss sums over instances and divides
 by ``num_masks`` (the number of GT instances in the batch, averaged over processes), as Mask2Former does.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["weighted_bce_with_logits", "weighted_dice_loss", "pseudo_mask_loss", "paste_loss"]
+__all__ = ["weighted_bce_with_logits", "weighted_dice_loss", "weighted_mask_loss"]
 
 
 def weighted_bce_with_logits(
@@ -58,35 +59,24 @@ def weighted_dice_loss(
     return (1.0 - (numerator + 1.0) / (denominator + 1.0)).sum() / num_masks
 
 
-def pseudo_mask_loss(
+def weighted_mask_loss(
     logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, num_masks: float
 ) -> torch.Tensor:
-    """Eq. 8: ``L_pseudo = 1/N Σ_k ℓ_mask(M_pred^k, M̂_k, W_k)``, ``ℓ_mask`` = weighted BCE + weighted dice.
+    """SIM's ``ℓ_mask`` = weighted BCE + weighted dice, summed over instances and divided by ``num_masks``.
+
+    Eq. 8: ``L_pseudo = 1/N Σ_k ℓ_mask(M_pred^k, M̂_k, W_k)`` against the pseudo masks, W = 1 where
+    ``M̂_prob ≤ τ_low`` or ``≥ τ_high`` inside the box; Eq. 9: ``L_paste = Σ_k 1_paste·ℓ_mask(M_pred^k, M̂'^k)``
+    against the pasted instances' bank masks, W = 1 on real image pixels.
 
     Args:
         logits: (M, h, w) or (M, P) student mask logits of the matched queries.
-        labels: pseudo labels M̂ in {0, 1}, same shape.
-        weights: W, 1 where M̂_prob ≤ τ_low or ≥ τ_high, 0 in between and on padding, same shape.
+        labels: targets in {0, 1}, same shape.
+        weights: W (0 = ignored), same shape.
         num_masks: normaliser (number of instances).
 
     Returns:
         Scalar loss.
     """
-    return (weighted_bce_with_logits(logits, labels, weights, num_masks)
-            + weighted_dice_loss(logits, labels, weights, num_masks))
-
-
-def paste_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """Eq. 9: ``L_paste = Σ_k 1_paste·ℓ_mask(M_pred^k, M̂'^k) / N`` over the pasted instances only.
-
-    Args:
-        logits: (M, h, w) student mask logits of the queries matched to pasted instances.
-        masks: (M, h, w) their binary pseudo masks M̂' from the memory bank.
-        valid: (M, h, w) 1 on real image pixels, 0 on padding.
-        num_masks: normaliser (number of instances).
-
-    Returns:
-        Scalar loss.
-    """
-    return (weighted_bce_with_logits(logits, masks, valid, num_masks)
-            + weighted_dice_loss(logits, masks, valid, num_masks))
+    return weighted_bce_with_logits(logits, labels, weights, num_masks) + weighted_dice_loss(
+        logits, labels, weights, num_masks
+    )

@@ -1,4 +1,5 @@
 """Encoder-only deformable transformer over 3 feature levels (Deformable DETR encoder, as Mask2Former uses it)."""
+
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -144,9 +145,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         mask_flatten = torch.cat(mask_flatten, 1)
         pos_flatten = torch.cat(pos_flatten, 1)
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
-        level_start_index = torch.cat(
-            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-        )
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([valid_ratio(m) for m in masks], 1)
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
         output = src_flatten

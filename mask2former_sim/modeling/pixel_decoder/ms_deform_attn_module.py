@@ -1,4 +1,5 @@
 """``MSDeformAttn``: the multi-scale deformable attention module (Deformable DETR) around the functional op."""
+
 from __future__ import annotations
 
 import math
@@ -91,11 +92,14 @@ class MSDeformAttn(nn.Module):
         _, len_in, _ = input_flatten.shape
         expected = int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum())
         if expected != len_in:
-            raise ValueError(f"MSDeformAttn: input has {len_in} positions but the spatial shapes "
-                             f"{input_spatial_shapes.tolist()} give {expected}")
+            raise ValueError(
+                f"MSDeformAttn: input has {len_in} positions but the spatial shapes "
+                f"{input_spatial_shapes.tolist()} give {expected}"
+            )
         if reference_points.shape[-1] != 2:
-            raise ValueError(f"MSDeformAttn: reference points must be (x, y), got last dim "
-                             f"{reference_points.shape[-1]}")
+            raise ValueError(
+                f"MSDeformAttn: reference points must be (x, y), got last dim {reference_points.shape[-1]}"
+            )
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
@@ -110,7 +114,12 @@ class MSDeformAttn(nn.Module):
             reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         )
         output = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, sampling_locations, weights,
-            impl=self.impl, im2col_step=self.im2col_step,
+            value,
+            input_spatial_shapes,
+            input_level_start_index,
+            sampling_locations,
+            weights,
+            impl=self.impl,
+            im2col_step=self.im2col_step,
         )
         return self.output_proj(output)

@@ -5,6 +5,7 @@ sine position encodings, a 6-layer encoder-only deformable transformer over the 
 top-down path for the finer levels (res2): lateral 1x1 conv + GN, add the bilinearly upsampled coarser output,
 3x3 conv + GN + ReLU. ``mask_features`` is a 1x1 conv of the finest output.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,6 @@ from .deformable_encoder import MSDeformAttnTransformerEncoderOnly
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = ["MSDeformAttnPixelDecoder", "c2_xavier_fill", "conv_norm_act"]
-
 
 
 def c2_xavier_fill(module: nn.Module) -> None:
@@ -80,8 +80,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MSDeformAttnPixelDecoder: encoder features {missing} are not among the backbone "
-                             f"outputs {sorted(input_shape)} (MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)")
+            raise ValueError(
+                f"MSDeformAttnPixelDecoder: encoder features {missing} are not among the backbone "
+                f"outputs {sorted(input_shape)} (MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)"
+            )
         # finest first
         input_shape = dict(sorted(input_shape.items(), key=lambda kv: kv[1].stride))
         self.in_features = list(input_shape)

@@ -1,4 +1,5 @@
 """Sine positional encoding of a 2-D feature map (DETR / Mask2Former ``PositionEmbeddingSine``)."""
+
 from __future__ import annotations
 
 import math

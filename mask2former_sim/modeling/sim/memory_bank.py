@@ -3,14 +3,16 @@
 :class:`MemoryBank` keeps the last ``MEMORY_LENGTH`` training images of this process with their boxes, classes,
 binary pseudo masks ``M̂'`` at input resolution (compressed RLE, see :func:`encode_masks`) and mask scores ``S_k``
 (Eq. 11). Entries are COPIES on the CPU (the official code appended one dict per batch that every later image
-overwrote). The bank is filled from the teacher's pseudo masks once SIM has started. It is NOT saved in checkpoints (100 COCO crops are ~300 MB per
-process): after ``--resume`` it refills within ``MEMORY_LENGTH / batch`` iterations and pasting resumes as soon as
-it holds one entry, so a resumed run after ``START_ITER`` is not bitwise identical to an uninterrupted one.
+overwrote). The bank is filled from the teacher's pseudo masks once SIM has started. It is NOT saved in
+checkpoints (100 COCO crops are ~300 MB per process): after ``--resume`` it refills within
+``MEMORY_LENGTH / batch`` iterations and pasting resumes as soon as it holds one entry, so a resumed run after
+``START_ITER`` is not bitwise identical to an uninterrupted one.
 
 :func:`paste_instances` pastes sampled bank instances onto a training image at the same location: originals
 lose the pasted pixels, fully occluded ones are removed, partly occluded ones get the tight box of what remains
 and keep the occluder so their projection target can be ``box ∖ paste``.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +25,16 @@ import torch
 
 from ..postprocessing import masks_to_boxes
 
-__all__ = ["MemoryBank", "encode_masks", "decode_masks", "num_instances_to_paste", "sample_instances", "box_raster",
-           "place", "paste_instances"]
+__all__ = [
+    "MemoryBank",
+    "encode_masks",
+    "decode_masks",
+    "num_instances_to_paste",
+    "sample_instances",
+    "box_raster",
+    "place",
+    "paste_instances",
+]
 
 
 class MemoryBank:
@@ -81,8 +91,9 @@ def num_instances_to_paste(num: int, fraction: float, min_inst: int, max_inst: i
     return min(max(k, min_inst), max_inst, num)
 
 
-def sample_instances(scores: torch.Tensor, k: int, power: float,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_instances(
+    scores: torch.Tensor, k: int, power: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """``k`` distinct instance indices drawn with probability ∝ ``S^power`` (importance sampling)."""
     weights = scores.double().clamp_min(0) ** power
     if float(weights.sum()) <= 0:
@@ -110,8 +121,12 @@ def place(x: torch.Tensor, height: int, width: int, fill: Any = 0) -> torch.Tens
 
 
 def paste_instances(
-    image: torch.Tensor, padding_mask: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor,
-    entry: Dict[str, Any], chosen: torch.Tensor,
+    image: torch.Tensor,
+    padding_mask: torch.Tensor,
+    boxes: torch.Tensor,
+    classes: torch.Tensor,
+    entry: Dict[str, Any],
+    chosen: torch.Tensor,
 ) -> Dict[str, torch.Tensor]:
     """Paste instances ``chosen`` of a bank ``entry`` onto one image at the same location (Eq. 9 data).
 
@@ -150,8 +165,9 @@ def paste_instances(
         "image": out_image,
         "boxes": torch.cat([new_boxes[keep], pasted_boxes]),
         "classes": torch.cat([classes[keep], pasted_classes]),
-        "pasted": torch.cat([torch.zeros(int(keep.sum()), dtype=torch.bool),
-                             torch.ones(masks.shape[0], dtype=torch.bool)]),
+        "pasted": torch.cat(
+            [torch.zeros(int(keep.sum()), dtype=torch.bool), torch.ones(masks.shape[0], dtype=torch.bool)]
+        ),
         "paste_masks": masks,
         "occlusion": occlusion,
     }

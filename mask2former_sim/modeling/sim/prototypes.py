@@ -11,6 +11,7 @@ prototypes are averaged over processes and re-normalised.
 The prototypes are a buffer of :class:`PrototypeBank`, so they are saved in and restored from checkpoints with the
 model and never reach the optimizer.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Tuple
@@ -125,14 +126,34 @@ class PrototypeBank(nn.Module):
         sinkhorn_iters, sinkhorn_epsilon: Sinkhorn-Knopp settings (SIM: 3, 0.05).
     """
 
-    def __init__(self, *, num_classes: int, num_prototypes: int, dim: int, momentum: float,
-                 sinkhorn_iters: int = 3, sinkhorn_epsilon: float = 0.05) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        num_prototypes: int,
+        dim: int,
+        momentum: float,
+        sinkhorn_iters: int = 3,
+        sinkhorn_epsilon: float = 0.05,
+    ) -> None:
         super().__init__()
         self.num_prototypes = num_prototypes
         self.momentum = momentum
         self.sinkhorn_iters = sinkhorn_iters
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.register_buffer("prototypes", F.normalize(torch.randn(num_classes, num_prototypes, dim), dim=-1))
+
+    @classmethod
+    def from_config(cls, cfg) -> "PrototypeBank":
+        sim = cfg.MODEL.SIM
+        return cls(
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            num_prototypes=sim.NUM_PROTOTYPES,
+            dim=cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            momentum=sim.PROTO_MOMENTUM,
+            sinkhorn_iters=sim.SINKHORN_ITERS,
+            sinkhorn_epsilon=sim.SINKHORN_EPSILON,
+        )
 
     @torch.no_grad()
     def update(self, pixel_sets: Iterable[Tuple[int, torch.Tensor]]) -> None:
@@ -155,5 +176,5 @@ class PrototypeBank(nn.Module):
         self.prototypes.copy_(protos)
 
     def extra_repr(self) -> str:
-        c, l, d = self.prototypes.shape
-        return f"classes={c}, prototypes={l}, dim={d}, momentum={self.momentum}"
+        classes, num, dim = self.prototypes.shape
+        return f"classes={classes}, prototypes={num}, dim={dim}, momentum={self.momentum}"

@@ -3,10 +3,8 @@
 All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 
 - :func:`mask_box_iou` — IoU of a mask's tight box (``σ(m) > 0.5``) with a GT box.
-- :func:`positive_weights` — Eq. 6, ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised over the positives.
-- :func:`instance_map` — ``M_I = Σ_p w_p·σ(m_p)``.
-- :func:`instance_maps` — both of the above for every GT of an image in one pass (the positives of all GTs
-  stacked, grouped by GT); the training path, checked against the per-GT functions.
+- :func:`instance_maps` — Eq. 6: the positives' weights ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised
+  per GT and ``M_I = Σ_p w_p·σ(m_p)``, for every GT of an image in one pass.
 - :func:`fuse_maps` — Eq. 7, ``M̂_prob = (1 − α)·M_S + α·M_I``.
 - :func:`threshold_pseudo_mask` — labels 1 where ``M̂_prob ≥ τ_high``, 0 where ``≤ τ_low``; weight 0 in between
   and outside the supervised region (the GT box minus padding: the official code ignores pixels outside the
@@ -16,21 +14,23 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 - :func:`dynamic_tau_high` — the official code's per-instance τ_high (option).
 - :func:`mask_score` — Eq. 11, ``S_k = mean(M̂_prob over M̂ = 1)`` (copy-paste importance).
 - :func:`gather_positives` — the (head, query) pairs the student's Hungarian matching assigned to each GT.
+- :class:`PseudoMaskGenerator` — all of the above for the original (non-pasted) GTs of a batch.
 """
+
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
+from ..criterion import prediction_heads
 from ..postprocessing import masks_to_boxes
+from .prototypes import semantic_map
 
 __all__ = [
     "mask_box_iou",
-    "positive_weights",
-    "instance_map",
     "instance_maps",
     "fuse_maps",
     "threshold_pseudo_mask",
@@ -38,7 +38,10 @@ __all__ = [
     "dynamic_tau_high",
     "mask_score",
     "gather_positives",
+    "PseudoMaskGenerator",
 ]
+
+POSITIVES = ("all_heads", "last_head")
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -50,34 +53,12 @@ def mask_box_iou(mask_probs: torch.Tensor, gt_boxes: torch.Tensor, stride: int) 
     return torch.nan_to_num(box_iou(boxes, gt_boxes.reshape(-1, 4).float()).diagonal(), nan=0.0)
 
 
-def positive_weights(mask_probs: torch.Tensor, gt_box: torch.Tensor, stride: int, mu: float) -> torch.Tensor:
-    """Eq. 6: ``w_p = exp(μ·IoU_p) / Σ_p' exp(μ·IoU_p')`` for the positive masks of one GT.
-
-    ``IoU_p`` is the IoU between the tight box of ``σ(m_p) > 0.5`` (mask-stride pixels scaled by ``stride`` to
-    input pixels; an empty mask has IoU 0) and the GT box.
-
-    Args:
-        mask_probs: (P, h, w) teacher mask probabilities of the positives.
-        gt_box: (4,) XYXY in input pixels.
-        stride: mask stride.
-        mu: μ (SIM: 5).
-
-    Returns:
-        (P,) weights summing to 1.
-    """
-    iou = mask_box_iou(mask_probs, gt_box.reshape(1, 4).expand(len(mask_probs), 4), stride)
-    return torch.softmax(mu * iou, dim=0)  # exp(μ·IoU) / Σ exp(μ·IoU)
-
-
-def instance_map(mask_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``M_I = Σ_p w_p·σ(m_p)``: (P, h, w) probabilities and (P,) weights → (h, w)."""
-    return torch.einsum("phw,p->hw", mask_probs, weights.to(mask_probs))
-
-
 def instance_maps(
     mask_probs: torch.Tensor, gt_boxes: torch.Tensor, group: torch.Tensor, num_gts: int, stride: int, mu: float
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6 for all GTs of an image at once: :func:`positive_weights` and :func:`instance_map` per GT, batched.
+    """Eq. 6 for all GTs of an image at once: ``w_p = exp(μ·IoU_p) / Σ_p' exp(μ·IoU_p')`` over the positives
+    of each GT and ``M_I^k = Σ_p w_p·σ(m_p)``, with ``IoU_p`` the IoU of the tight box of ``σ(m_p) > 0.5``
+    (:func:`mask_box_iou`; an empty mask has IoU 0) with the GT box.
 
     Args:
         mask_probs: (P, h, w) teacher mask probabilities of the positives of every GT.
@@ -152,8 +133,12 @@ def full_resolution_pseudo_masks(
 
 
 def dynamic_tau_high(
-    prob: torch.Tensor, inst: torch.Tensor, box_mask: torch.Tensor, instance_thresh: float,
-    low: float, high: float,
+    prob: torch.Tensor,
+    inst: torch.Tensor,
+    box_mask: torch.Tensor,
+    instance_thresh: float,
+    low: float,
+    high: float,
 ) -> torch.Tensor:
     """The official code's per-instance τ_high (option ``DYNAMIC_TAU_HIGH``).
 
@@ -206,3 +191,143 @@ def gather_positives(
             if gt in position:
                 triples.append((h, q, position[gt]))
     return triples
+
+
+class PseudoMaskGenerator:
+    """SIM's pseudo masks (Eq. 1, 6, 7 and the thresholds) for the original (non-pasted) GTs of a batch.
+
+    Args:
+        stride: mask stride.
+        proto_temperature: τ of Eq. 1.
+        iou_mu: μ of Eq. 6; alpha: α of Eq. 7; tau_low, tau_high: pseudo-label thresholds.
+        dynamic_tau_high: per-instance τ_high clamped to ``dynamic_tau_range`` (official code).
+        instance_map_thresh: M_I threshold of the dynamic τ_high (and of the prototype pixels before START_ITER).
+        positives: "all_heads" (the matched query of each head) or "last_head".
+    """
+
+    def __init__(
+        self,
+        *,
+        stride: int,
+        proto_temperature: float,
+        iou_mu: float,
+        alpha: float,
+        tau_low: float,
+        tau_high: float,
+        dynamic_tau_high: bool,
+        dynamic_tau_range: Sequence[float],
+        instance_map_thresh: float,
+        positives: str,
+    ) -> None:
+        if positives not in POSITIVES:
+            raise ValueError(f"MODEL.SIM.POSITIVES must be one of {POSITIVES}, found {positives!r}")
+        if not 0.0 <= tau_low <= tau_high <= 1.0:
+            raise ValueError(
+                f"MODEL.SIM.TAU_LOW / TAU_HIGH must satisfy 0 <= low <= high <= 1, found {tau_low} / {tau_high}"
+            )
+        self.stride = stride
+        self.proto_temperature = proto_temperature
+        self.iou_mu = iou_mu
+        self.alpha = alpha
+        self.tau_low = tau_low
+        self.tau_high = tau_high
+        self.dynamic_tau_high = dynamic_tau_high
+        self.dynamic_tau_range = tuple(float(v) for v in dynamic_tau_range)
+        self.instance_map_thresh = instance_map_thresh
+        self.positives = positives
+
+    @classmethod
+    def from_config(cls, cfg) -> "PseudoMaskGenerator":
+        sim = cfg.MODEL.SIM
+        return cls(
+            stride=cfg.MODEL.BOXINST.MASK_STRIDE,
+            proto_temperature=sim.PROTO_TEMPERATURE,
+            iou_mu=sim.IOU_MU,
+            alpha=sim.ALPHA,
+            tau_low=sim.TAU_LOW,
+            tau_high=sim.TAU_HIGH,
+            dynamic_tau_high=sim.DYNAMIC_TAU_HIGH,
+            dynamic_tau_range=sim.DYNAMIC_TAU_RANGE,
+            instance_map_thresh=sim.INSTANCE_MAP_THRESH,
+            positives=sim.POSITIVES,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        teacher_outputs: Dict[str, Any],
+        targets: Sequence[Dict[str, torch.Tensor]],
+        indices_per_head: Sequence[Indices],
+        prototypes: torch.Tensor,
+    ) -> List[Dict[str, Any]]:
+        """Eq. 1, 6, 7 for every non-pasted GT of every image.
+
+        Args:
+            teacher_outputs: the teacher's heads and ``mask_features`` Z' (B, D, h, w).
+            targets: the batch's targets (``labels``, ``boxes``, ``padding_mask``, ``box_masks``, ``pasted``).
+            indices_per_head: the student's matches of every head.
+            prototypes: (C, L, D) unit-norm prototypes.
+
+        Returns:
+            per image ``{"gt": (K,) GT indices, "semantic", "instance", "prob", "labels", "weights", "region"
+            (box ∧ ¬padding), "box_masks": (K, h, w), "tau_high": (K,), "positives": K lists of (head, query,
+            weight)}``.
+        """
+        heads = [head for _, head in prediction_heads(teacher_outputs)][: len(indices_per_head)]
+        head_ids = list(range(len(heads))) if self.positives == "all_heads" else [0]
+        features = F.normalize(teacher_outputs["mask_features"].float(), dim=1)
+        results = []
+        device = features.device
+        for b, target in enumerate(targets):
+            pasted = target.get("pasted")
+            gt_list = list(range(len(target["labels"])))
+            if pasted is not None:
+                gt_list = [k for k, is_pasted in enumerate(pasted.tolist()) if not is_pasted]
+            gts = torch.tensor(gt_list, dtype=torch.int64, device=device)
+            valid = ~target["padding_mask"][self.stride // 2 :: self.stride, self.stride // 2 :: self.stride]
+            # Eq. 6 for all GTs at once: positives ordered by head, so one gather per head
+            triples = gather_positives(indices_per_head, b, gt_list, head_ids)
+            queries = {
+                hd: torch.tensor([q for h, q, _ in triples if h == hd], dtype=torch.int64, device=device)
+                for hd in head_ids
+            }
+            probs = torch.cat([heads[hd]["pred_masks"][b, queries[hd]].float() for hd in head_ids]).sigmoid()
+            group = torch.tensor([k for _, _, k in triples], dtype=torch.int64, device=device)
+            weights, inst = instance_maps(
+                probs, target["boxes"][gts][group], group, len(gt_list), self.stride, self.iou_mu
+            )
+            positives: List[List[Tuple[int, int, float]]] = [[] for _ in gt_list]
+            for (hd, q, k), wt in zip(triples, weights.tolist()):
+                positives[k].append((hd, q, wt))
+            box_masks = target["box_masks"][gts].float()
+            classes, class_row = target["labels"][gts].unique(return_inverse=True)  # one map per class present
+            sem = semantic_map(features[b], prototypes[classes], self.proto_temperature)[class_row]
+            prob = fuse_maps(sem, inst, self.alpha)
+            if self.dynamic_tau_high:
+                tau_high = dynamic_tau_high(prob, inst, box_masks, self.instance_map_thresh, *self.dynamic_tau_range)
+            else:
+                tau_high = prob.new_full((len(gts),), self.tau_high)
+            region = (box_masks > 0) & valid  # outside its box a pixel is ignored by the pseudo loss (SPEC §5)
+            labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
+            results.append(
+                {
+                    "gt": gts,
+                    "semantic": sem,
+                    "instance": inst,
+                    "prob": prob,
+                    "labels": labels,
+                    "weights": weights,
+                    "tau_high": tau_high,
+                    "positives": positives,
+                    "region": region,
+                    "box_masks": box_masks,
+                }
+            )
+        return results
+
+    def __repr__(self) -> str:
+        return (
+            f"PseudoMaskGenerator(alpha={self.alpha}, tau=({self.tau_low}, {self.tau_high}), "
+            f"temperature={self.proto_temperature}, dynamic_tau_high={self.dynamic_tau_high}, "
+            f"positives={self.positives})"
+        )

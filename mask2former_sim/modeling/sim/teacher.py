@@ -8,10 +8,11 @@ optimizer (``engine.optimizer.get_param_groups`` skips them), gradient clipping 
 parameters) and DDP's gradient reducer (which registers only parameters that require grad) never see them. It is
 always in eval mode (``train()`` is a no-op), runs under ``torch.no_grad``, and its weights are a copy of the
 student made *after* the student's weights are loaded (:meth:`EMATeacher.copy_from`, called by
-``MaskFormer.init_teacher``); the ``initialized`` buffer records that, so that a resumed run keeps the teacher
-from its checkpoint instead of copying the student again. The official code built the teacher afresh (random
-init): not reproduced.
+``MaskFormer.init_teacher`` at the first training forward); the ``initialized`` buffer records that, so that a
+resumed run keeps the teacher from its checkpoint instead of copying the student again. The official code built
+the teacher afresh (random init): not reproduced.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,9 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
     """
     t_params, s_params = list(teacher.named_parameters()), list(student.named_parameters())
     if [n for n, _ in t_params] != [n for n, _ in s_params]:
-        raise ValueError("EMA teacher and student parameters differ in names or order; the teacher must be a "
-                         "copy of the student")
+        raise ValueError(
+            "EMA teacher and student parameters differ in names or order; the teacher must be a copy of the student"
+        )
     if t_params:
         t_list = [p for _, p in t_params]
         s_list = [p.detach().to(p.dtype) for _, p in s_params]
@@ -55,8 +57,9 @@ class EMATeacher(nn.Module):
 
     part_names = ("backbone", "pixel_decoder", "transformer_decoder")
 
-    def __init__(self, *, backbone: nn.Module, pixel_decoder: nn.Module, transformer_decoder: nn.Module,
-                 momentum: float) -> None:
+    def __init__(
+        self, *, backbone: nn.Module, pixel_decoder: nn.Module, transformer_decoder: nn.Module, momentum: float
+    ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"MODEL.SIM.EMA_MOMENTUM must be in [0, 1], found {momentum}")
@@ -69,6 +72,17 @@ class EMATeacher(nn.Module):
         # True once the weights are the student's (copy_from) or come from a checkpoint that had a teacher
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         super().train(False)
+
+    @classmethod
+    def from_config(
+        cls, cfg, backbone: nn.Module, pixel_decoder: nn.Module, transformer_decoder: nn.Module
+    ) -> "EMATeacher":
+        return cls(
+            backbone=backbone,
+            pixel_decoder=pixel_decoder,
+            transformer_decoder=transformer_decoder,
+            momentum=cfg.MODEL.SIM.EMA_MOMENTUM,
+        )
 
     def train(self, mode: bool = True) -> "EMATeacher":
         """The teacher always stays in eval mode (no dropout / drop-path, frozen batch-norm statistics)."""

@@ -1,4 +1,5 @@
 """Building blocks of the masked-attention decoder: self-attention, cross-attention, FFN, MLP (DETR style)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -73,13 +74,19 @@ class CrossAttentionLayer(nn.Module):
         if self.normalize_before:
             tgt2 = self.norm(tgt)
             tgt2 = self.multihead_attn(
-                query=_with_pos(tgt2, query_pos), key=_with_pos(memory, pos), value=memory,
-                attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask,
+                query=_with_pos(tgt2, query_pos),
+                key=_with_pos(memory, pos),
+                value=memory,
+                attn_mask=memory_mask,
+                key_padding_mask=memory_key_padding_mask,
             )[0]
             return tgt + self.dropout(tgt2)
         tgt2 = self.multihead_attn(
-            query=_with_pos(tgt, query_pos), key=_with_pos(memory, pos), value=memory,
-            attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask,
+            query=_with_pos(tgt, query_pos),
+            key=_with_pos(memory, pos),
+            value=memory,
+            attn_mask=memory_mask,
+            key_padding_mask=memory_key_padding_mask,
         )[0]
         return self.norm(tgt + self.dropout(tgt2))
 

@@ -6,6 +6,7 @@ first layer and after every layer a prediction head gives class logits and mask 
 (``einsum(mask_embed(q), mask_features)``); the head's masks, resized to the next layer's level and thresholded at
 sigmoid 0.5, become that layer's attention mask (a query attends only inside its predicted foreground).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -87,7 +88,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int, mask_classification: bool = True) -> "MultiScaleMaskedTransformerDecoder":
+    def from_config(
+        cls, cfg, in_channels: int, mask_classification: bool = True
+    ) -> "MultiScaleMaskedTransformerDecoder":
         """Build from ``MODEL.MASK_FORMER.*`` and ``MODEL.SEM_SEG_HEAD.{NUM_CLASSES, MASK_DIM}``."""
         mf = cfg.MODEL.MASK_FORMER
         return cls(
@@ -120,8 +123,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         del mask
         if len(x) != self.num_feature_levels:
-            raise ValueError(f"MultiScaleMaskedTransformerDecoder expects {self.num_feature_levels} feature "
-                             f"levels, got {len(x)}")
+            raise ValueError(
+                f"MultiScaleMaskedTransformerDecoder expects {self.num_feature_levels} feature levels, got {len(x)}"
+            )
         src, pos, size_list = [], [], []
         for i in range(self.num_feature_levels):
             size_list.append(x[i].shape[-2:])
@@ -143,8 +147,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             # a query whose predicted mask is empty at this level attends everywhere instead of nowhere
             attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
             output = self.transformer_cross_attention_layers[i](
-                output, src[level_index], memory_mask=attn_mask, memory_key_padding_mask=None,
-                pos=pos[level_index], query_pos=query_embed,
+                output,
+                src[level_index],
+                memory_mask=attn_mask,
+                memory_key_padding_mask=None,
+                pos=pos[level_index],
+                query_pos=query_embed,
             )
             output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
             output = self.transformer_ffn_layers[i](output)
