@@ -14,10 +14,11 @@ logger = logging.getLogger(__name__)
 class Predictor:
     """Build the model of ``cfg``, load ``cfg.MODEL.WEIGHTS`` once, and segment single images.
 
-    ``predictor(image)`` takes an RGB uint8 array (H, W, 3), resizes it as the test loader does
-    (``INPUT.TEST_SCALE``, or ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST`` on the shortest edge) and returns
-    ``{"pred_masks": bool (N, H, W), "pred_boxes": float (N, 4) XYXY, "scores": (N,), "pred_classes": int64 (N,)}``
-    on the CPU, at the original image size.
+    ``predictor(image, score_threshold=0.0)`` takes an RGB uint8 array (H, W, 3), resizes it as the test loader
+    does (``INPUT.TEST_SCALE``, or ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST`` on the shortest edge) and
+    returns ``{"pred_masks": bool (N, H, W), "pred_boxes": float (N, 4) XYXY, "scores": (N,), "pred_classes":
+    int64 (N,)}`` on the CPU, at the original image size; with ``score_threshold`` only the instances scoring at
+    least that, whose masks alone are brought to the image size (a 12-megapixel photo stays cheap).
     """
 
     def __init__(self, cfg: Any) -> None:
@@ -36,8 +37,8 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT must be 'RGB' (the model's channel order); got {self.cfg.INPUT.FORMAT!r}")
         self.resize = build_test_resize(self.cfg)
 
-    def __call__(self, image: np.ndarray) -> Dict[str, torch.Tensor]:
-        """Instances of one RGB uint8 image (H, W, 3) at its original size."""
+    def __call__(self, image: np.ndarray, score_threshold: float = 0.0) -> Dict[str, torch.Tensor]:
+        """Instances of one RGB uint8 image (H, W, 3) at its original size (scoring ≥ ``score_threshold``)."""
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             shape = getattr(image, "shape", None)
             raise ValueError(
@@ -49,5 +50,5 @@ class Predictor:
         resized = self.resize.get_transform(height, width, np.random.default_rng(0)).apply_image(image)
         tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         with torch.no_grad():
-            outputs = self.model([{"image": tensor, "height": height, "width": width}])
+            outputs = self.model.predict([{"image": tensor, "height": height, "width": width}], score_threshold)
         return {k: v.detach().cpu() for k, v in outputs[0]["instances"].items()}

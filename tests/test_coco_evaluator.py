@@ -221,3 +221,45 @@ def test_gathers_predictions_across_two_processes(tmp_path):
     coco = _load(NUCLEI_VAL_JSON)
     assert len(written) == len(coco.dataset["annotations"])  # every image once, none twice
     assert {r["image_id"] for r in written} == set(coco.getImgIds())
+
+
+def _strip_masks(src, dst, keep_masks_of=()):
+    """A copy of the json whose annotations lose ``segmentation``, except those of images ``keep_masks_of``."""
+    with open(src) as f:
+        data = json.load(f)
+    for ann in data["annotations"]:
+        if ann["image_id"] not in keep_masks_of:
+            ann.pop("segmentation", None)
+    with open(dst, "w") as f:
+        json.dump(data, f)
+    return dst
+
+
+def test_box_only_ground_truth_gives_bbox_ap_only(tmp_path, caplog):
+    _require(NUCLEI_VAL_JSON)
+    coco = _load(NUCLEI_VAL_JSON)
+    boxes_only = _strip_masks(NUCLEI_VAL_JSON, tmp_path / "boxes.json")
+    with caplog.at_level("INFO", logger="mask2former_sim"):
+        results = run_evaluator(str(boxes_only), gt_as_predictions(coco), max_dets=(10, 100, 1000))
+    assert set(results) == {"bbox"} and results["bbox"]["AP"] == pytest.approx(100.0, abs=1e-9)
+    assert any("segm AP needs GT masks" in r.getMessage() for r in caplog.records)
+
+
+def test_partly_masked_ground_truth_scores_segm_on_the_masked_images(tmp_path, caplog):
+    _require(NUCLEI_VAL_JSON)
+    coco = _load(NUCLEI_VAL_JSON)
+    image_ids = sorted(coco.getImgIds())
+    keep = set(image_ids[:5])
+    partial = _strip_masks(NUCLEI_VAL_JSON, tmp_path / "partial.json", keep_masks_of=keep)
+    batches = gt_as_predictions(coco)
+    # predictions on the unmasked images are wrong (shifted): only bbox AP may see them
+    for inputs, outputs in batches:
+        if inputs[0]["image_id"] not in keep:
+            inst = outputs[0]["instances"]
+            inst["pred_masks"] = torch.roll(inst["pred_masks"], 7, dims=2)
+            inst["pred_boxes"] = masks_to_boxes(inst["pred_masks"])
+    with caplog.at_level("INFO", logger="mask2former_sim"):
+        results = run_evaluator(str(partial), batches, max_dets=(10, 100, 1000))
+    assert results["segm"]["AP"] == pytest.approx(100.0, abs=1e-9)  # the 5 masked images are perfect
+    assert results["bbox"]["AP"] < 90.0  # every image counts for boxes, the shifted ones too
+    assert any(f"segm AP over the 5 of {len(image_ids)} images" in r.getMessage() for r in caplog.records)

@@ -150,3 +150,80 @@ def test_predictor_returns_original_size(setup):
     assert instances["pred_boxes"].shape == (8, 4)
     with pytest.raises(ValueError, match="RGB uint8"):
         predictor(image[:, :, 0])
+
+
+def _write_video(path, frames, fps=5):
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def test_demo_segments_every_frame_of_a_video(setup):
+    import cv2
+
+    root, _, overrides = setup
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(6)]
+    clip = root / "clip.mp4"
+    _write_video(clip, frames)
+    out = root / "video_out"
+    argv = [
+        "--config-file",
+        str(root / "tiny.yaml"),
+        "--video-input",
+        str(clip),
+        "--output",
+        str(out),
+        "--confidence-threshold",
+        "0.0",
+        "--opts",
+        *overrides,
+    ]
+    assert load_demo().main(argv) == 0
+    written = cv2.VideoCapture(str(out / "clip.mp4"))
+    count = 0
+    while True:
+        ok, frame = written.read()
+        if not ok:
+            break
+        assert frame.shape == (64, 80, 3)
+        count += 1
+    assert count == 6
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [f["frame"] for f in preds["frames"]] == list(range(6))
+    assert all(len(f["instances"]) == 8 for f in preds["frames"])  # threshold 0: every detection
+    # --max-frames stops early; a missing file is named
+    argv_short = [
+        "--config-file",
+        str(root / "tiny.yaml"),
+        "--video-input",
+        str(clip),
+        "--output",
+        str(root / "short.mp4"),
+        "--max-frames",
+        "2",
+        "--opts",
+        *overrides,
+    ]
+    assert load_demo().main(argv_short) == 0
+    assert len(json.loads((root / "predictions.json").read_text())["frames"]) == 2
+    assert (
+        load_demo().main(
+            [
+                "--config-file",
+                str(root / "tiny.yaml"),
+                "--video-input",
+                str(root / "nope.mp4"),
+                "--output",
+                str(out),
+                "--opts",
+                *overrides,
+            ]
+        )
+        == 1
+    )

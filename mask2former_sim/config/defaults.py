@@ -248,3 +248,5 @@ _C.OUTPUT_DIR = "./output"  # checkpoints, metrics.json, results json, visualisa
 _C.SEED = -1  # global seed (< 0: a random one, logged)
 _C.CUDNN_BENCHMARK = False  # torch.backends.cudnn.benchmark
 _C.LOG_PERIOD = 20  # iterations between progress lines and metrics.json records
+_C.LOGGER = _FvCfgNode()
+_C.LOGGER.TENSORBOARD = True  # TensorBoard event files of the logged scalars in OUTPUT_DIR (beside metrics.json)

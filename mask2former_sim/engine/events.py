@@ -7,7 +7,8 @@ terms, the learning rate and timings; every ``LOG_PERIOD`` iterations the main p
 
 and appends one JSON object per line to ``OUTPUT_DIR/metrics.json`` (detectron2's format: ``iteration``,
 ``total_loss``, each term, ``lr``, ``time``, ``data_time``, ``eta_seconds``). Evaluation results are appended
-to the same file as flat ``"segm/AP"``-style keys.
+to the same file as flat ``"segm/AP"``-style keys. With ``tensorboard`` the same scalars also go to TensorBoard
+event files in the same folder (detectron2's convention; ``LOGGER.TENSORBOARD``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Deque, Dict, Mapping, Optional
 
 from ..utils import comm
 
-__all__ = ["SmoothedValue", "TrainingProgress", "flatten_results", "JSONLinesWriter"]
+__all__ = ["SmoothedValue", "TrainingProgress", "flatten_results", "JSONLinesWriter", "TensorBoardWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,34 @@ class JSONLinesWriter:
             f.write(json.dumps(dict(record), sort_keys=False) + "\n")
 
 
+class TensorBoardWriter:
+    """Writes every numeric field of a record (but ``iteration``) as a TensorBoard scalar at its iteration.
+
+    Main process only; the event file is opened at the first record (``torch.utils.tensorboard``).
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self._writer = None
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if not comm.is_main_process():
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        step = int(record["iteration"])
+        for key, value in record.items():
+            if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, float(value), step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> Dict[str, float]:
     """``{"segm": {"AP": 1.0}}`` → ``{"segm/AP": 1.0}`` (numbers only)."""
     flat: Dict[str, float] = {}
@@ -85,7 +114,9 @@ def _format_eta(seconds: float) -> str:
 class TrainingProgress:
     """Accumulates per-iteration scalars; writes progress lines and ``metrics.json`` every ``log_period``."""
 
-    def __init__(self, max_iter: int, output_dir: str, log_period: int = 20, start_iter: int = 0) -> None:
+    def __init__(
+        self, max_iter: int, output_dir: str, log_period: int = 20, start_iter: int = 0, tensorboard: bool = False
+    ) -> None:
         self.max_iter = max_iter
         self.log_period = max(int(log_period), 1)
         self.start_iter = start_iter
@@ -95,6 +126,7 @@ class TrainingProgress:
         self.data_time = SmoothedValue(self.log_period)
         self.lr = math.nan
         self.writer = JSONLinesWriter(os.path.join(output_dir, "metrics.json"))
+        self.tensorboard = TensorBoardWriter(output_dir) if tensorboard and output_dir else None
 
     def update(
         self, iteration: int, losses: Mapping[str, float], lr: float, iter_time: float, data_time: float
@@ -133,14 +165,24 @@ class TrainingProgress:
         record: Dict[str, Any] = {"iteration": iteration, "total_loss": self.total_loss.median}
         record.update({k: v.median for k, v in self.losses.items()})
         record.update({"lr": self.lr, "time": self.iter_time.avg, "data_time": self.data_time.avg, "eta_seconds": eta})
-        self.writer.write(_finite_or_none(record))
+        self._write(_finite_or_none(record))
 
     def write_results(self, iteration: int, results: Mapping[str, Any], extra: Optional[Dict] = None) -> None:
         """Append evaluation results (flattened) for ``iteration`` to ``metrics.json``."""
         record: Dict[str, Any] = {"iteration": iteration}
         record.update(flatten_results(results))
         record.update(extra or {})
-        self.writer.write(_finite_or_none(record))
+        self._write(_finite_or_none(record))
+
+    def _write(self, record: Dict[str, Any]) -> None:
+        self.writer.write(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard event file (metrics.json is appended line by line)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _finite_or_none(record: Mapping[str, Any]) -> Dict[str, Any]:

@@ -170,13 +170,18 @@ class Trainer:
         logger.info("starting training at iteration %d of %d", self.start_iter, self.max_iter)
         with preserved_rng():
             self._data_iter = iter(self._train_loader_fn(cfg, self.start_iter))
-        self.progress = TrainingProgress(self.max_iter, cfg.OUTPUT_DIR, cfg.LOG_PERIOD, self.start_iter)
+        self.progress = TrainingProgress(
+            self.max_iter, cfg.OUTPUT_DIR, cfg.LOG_PERIOD, self.start_iter, tensorboard=cfg.LOGGER.TENSORBOARD
+        )
         self.model.train()
-        for self.iter in range(self.start_iter, self.max_iter):
-            self.run_step()
-            self._after_step()
-        self.checkpointer.save("model_final", self.max_iter - 1)
-        results = self.evaluate(self.max_iter - 1)
+        try:
+            for self.iter in range(self.start_iter, self.max_iter):
+                self.run_step()
+                self._after_step()
+            self.checkpointer.save("model_final", self.max_iter - 1)
+            results = self.evaluate(self.max_iter - 1)
+        finally:
+            self.progress.close()
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             path = os.path.join(cfg.OUTPUT_DIR, "metrics_final.json")
             with open(path, "w") as f:

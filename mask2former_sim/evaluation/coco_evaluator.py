@@ -3,6 +3,10 @@
 Differences from pycocotools' ``summarize()`` that matter for crowded data: ``summarize()`` reads its first
 line (AP) at ``maxDets=100`` whatever ``params.maxDets`` holds, so an image with 300 nuclei caps AP even for a
 perfect prediction. Here every number is read from ``COCOeval.eval["precision"]`` at the LAST ``maxDets`` entry.
+
+Box-only ground truth (the usual data of a box-supervised model): segm AP is computed over the images whose
+annotations all have a ``segmentation`` (a log line states how many); when none has one, only bbox AP is
+reported, so a box-only test set never breaks evaluation.
 """
 
 from __future__ import annotations
@@ -70,6 +74,16 @@ def instances_to_coco_results(
             }
         )
     return results
+
+
+def images_with_masks(coco_gt: COCO) -> set:
+    """Ids of the images whose annotations (crowd ones included) all carry a ``segmentation``; an image without
+    annotations counts (its false positives are scored)."""
+    ids = set(coco_gt.getImgIds())
+    for ann in coco_gt.dataset.get("annotations", []):
+        if not ann.get("segmentation"):
+            ids.discard(ann["image_id"])
+    return ids
 
 
 def average_precision_at(
@@ -141,6 +155,10 @@ class COCOEvaluator:
         if missing:
             raise ValueError(f"dataset_id_map names category ids {sorted(missing)} absent from {gt_json}")
         self._contiguous_to_dataset_id = {v: k for k, v in dataset_id_map.items()}
+        self._mask_image_ids = images_with_masks(self._coco_gt)
+        if "segm" in self._tasks and not self._mask_image_ids:
+            logger.info("%s has no segmentation: segm AP needs GT masks, reporting bbox AP only", gt_json)
+            self._tasks = tuple(t for t in self._tasks if t != "segm")
         self._predictions: List[Dict[str, Any]] = []
 
     @classmethod
@@ -249,6 +267,16 @@ class COCOEvaluator:
     def _evaluate_task(
         self, task: str, coco_results: List[Dict[str, Any]], image_ids: Sequence[int]
     ) -> Dict[str, float]:
+        if task == "segm" and len(self._mask_image_ids) < len(self._coco_gt.getImgIds()):
+            with_masks = [i for i in image_ids if i in self._mask_image_ids]
+            logger.info(
+                "segm AP over the %d of %d images whose annotations all have masks (%s)",
+                len(with_masks),
+                len(image_ids),
+                self._gt_json,
+            )
+            image_ids = with_masks
+            coco_results = [r for r in coco_results if r["image_id"] in self._mask_image_ids]
         coco_eval = self.run_cocoeval(task, coco_results, image_ids)
         names = self._category_names()
         if coco_eval is None:

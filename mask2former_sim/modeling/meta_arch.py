@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .postprocessing import masks_to_instances, resize_mask_logits, topk_queries
+from .postprocessing import instances_at_size, topk_queries
 from .supervision import build_criterion, build_supervision
 from .targets import Targets, box_targets, image_targets, paste_targets, with_pseudo_masks
 
@@ -256,9 +256,7 @@ class MaskFormer(nn.Module):
             iteration: the training iteration (the trainer passes it; default: :attr:`current_iter`).
         """
         if not self.training:
-            if self.sliding_window is not None:
-                return self.sliding_window_inference(batched_inputs)
-            return self.inference(batched_inputs)
+            return self.predict(batched_inputs)
         iteration = self.current_iter if iteration is None else int(iteration)
         self.iteration.fill_(iteration)
         if self.sim is not None:
@@ -278,8 +276,30 @@ class MaskFormer(nn.Module):
         return apply_loss_weights(losses, self.criterion.weight_dict)
 
     @torch.no_grad()
-    def inference(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Dict[str, torch.Tensor]]]:
-        """Per-image instances at ("height", "width") (default: the input image size)."""
+    def predict(
+        self, batched_inputs: List[Dict[str, Any]], score_threshold: float = 0.0
+    ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
+        """Per-image instances at ("height", "width"): :meth:`inference` or, when configured, the sliding window.
+
+        With ``score_threshold`` > 0 only the instances scoring at least that are returned, and (outside the
+        sliding window) only their masks are brought to the image size, so memory does not grow with the number
+        of queries (a score is class probability × mask score, so a class probability below the threshold
+        cannot pass).
+        """
+        if self.sliding_window is None:
+            return self.inference(batched_inputs, score_threshold)
+        results = self.sliding_window_inference(batched_inputs)
+        if score_threshold > 0:
+            for r in results:
+                keep = r["instances"]["scores"] >= score_threshold
+                r["instances"] = {k: v[keep] for k, v in r["instances"].items()}
+        return results
+
+    @torch.no_grad()
+    def inference(
+        self, batched_inputs: List[Dict[str, Any]], score_threshold: float = 0.0
+    ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
+        """Per-image instances at ("height", "width") (default: the input image size); see :meth:`predict`."""
         images, image_sizes = self.preprocess_images(batched_inputs)
         outputs = self.forward_network(images)
         padded_size = tuple(images.shape[-2:])
@@ -287,10 +307,15 @@ class MaskFormer(nn.Module):
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):
             output_size = (int(x.get("height", image_size[0])), int(x.get("width", image_size[1])))
             scores, labels, query_idx = topk_queries(outputs["pred_logits"][i], self.test_topk)
-            # resize each selected query once, even if it was selected with several classes
-            unique_idx, inverse = torch.unique(query_idx, return_inverse=True)
-            logits = resize_mask_logits(outputs["pred_masks"][i][unique_idx], padded_size, image_size, output_size)
-            results.append({"instances": masks_to_instances(logits[inverse], scores, labels)})
+            if score_threshold > 0:
+                keep = scores >= score_threshold
+                scores, labels, query_idx = scores[keep], labels[keep], query_idx[keep]
+            mask_logits = outputs["pred_masks"][i][query_idx]
+            instances = instances_at_size(mask_logits, scores, labels, padded_size, image_size, output_size)
+            if score_threshold > 0:
+                keep = instances["scores"] >= score_threshold
+                instances = {k: v[keep] for k, v in instances.items()}
+            results.append({"instances": instances})
         return results
 
     @torch.no_grad()

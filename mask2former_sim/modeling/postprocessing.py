@@ -13,7 +13,18 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["topk_queries", "resize_mask_logits", "masks_to_boxes", "masks_to_instances", "instance_inference"]
+__all__ = [
+    "topk_queries",
+    "resize_mask_logits",
+    "masks_to_boxes",
+    "masks_to_instances",
+    "instances_at_size",
+    "instance_inference",
+]
+
+# masks brought to the output size per step, in output pixels (~128 MB of fp32 logits): a 12-megapixel photo is
+# resized a few masks at a time, so memory does not grow with the number of instances
+RESIZE_CHUNK_PIXELS = 1 << 25
 
 
 def topk_queries(mask_cls: torch.Tensor, topk: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,6 +118,35 @@ def masks_to_instances(
         "scores": class_scores * mask_scores,
         "pred_classes": labels.to(torch.int64),
     }
+
+
+def instances_at_size(
+    mask_logits: torch.Tensor,
+    class_scores: torch.Tensor,
+    labels: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    chunk_pixels: int = RESIZE_CHUNK_PIXELS,
+) -> Dict[str, torch.Tensor]:
+    """:func:`resize_mask_logits` then :func:`masks_to_instances`, a few masks at a time.
+
+    Args:
+        mask_logits: (N, h, w) stride-4 logits of the selected (query, class) pairs, in the order of the scores.
+        class_scores, labels: (N,) class probabilities and classes.
+        padded_size, image_size, output_size: as :func:`resize_mask_logits`.
+        chunk_pixels: at most this many output pixels of fp32 logits at a time.
+
+    Returns:
+        The instances dict of :func:`masks_to_instances` (identical to resizing all masks at once).
+    """
+    chunk = max(1, int(chunk_pixels) // max(1, output_size[0] * output_size[1]))
+    parts = []
+    for start in range(0, max(mask_logits.shape[0], 1), chunk):
+        rows = slice(start, start + chunk)
+        logits = resize_mask_logits(mask_logits[rows], padded_size, image_size, output_size)
+        parts.append(masks_to_instances(logits, class_scores[rows], labels[rows]))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def instance_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, topk: int) -> Dict[str, torch.Tensor]:
