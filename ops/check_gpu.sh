@@ -54,7 +54,8 @@ test_status=${PIPESTATUS[0]}
 echo "tests exit status $test_status in $(( $(date +%s) - start )) s"
 
 section benchmark
-"$PYTHON" tools/benchmark_msda.py 2>&1 | tee "$LOG_DIR/benchmark.log"
+"$PYTHON" tools/benchmark.py --modes --no-data --no-inference --msda --device cuda \
+  --output-dir "$LOG_DIR/benchmark" 2>&1 | tee "$LOG_DIR/benchmark.log"
 bench_status=${PIPESTATUS[0]}
 
 section summary

@@ -27,6 +27,11 @@ echo "=== AMP training on CUDA (tiny synthetic config, MSDA_IMPL cuda) ==="
   LOG_PERIOD 50 OUTPUT_DIR "$LOG_DIR/train" 2>&1 | tee "$LOG_DIR/train.log" | grep -E "iter |AP|Error|error" | tail -25
 
 echo "=== forward time, 512x512, batch 1 ==="
-for impl in cuda pytorch; do
-  "$PYTHON" tools/benchmark_forward.py --device cuda --msda-impl "$impl" --repeats 10 2>&1 | tee "$LOG_DIR/forward_$impl.log" | tail -6
+for cfg in configs/coco/instance-segmentation/maskformer2_R50_bs16_50ep.yaml \
+           configs/coco/instance-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml; do
+  for impl in cuda pytorch; do
+    "$PYTHON" tools/benchmark.py --config-file "$cfg" --modes --no-data --no-inference --forward 512 --device cuda \
+      --steps 10 --output-dir "$LOG_DIR/forward_$(basename "$cfg" .yaml)_$impl" \
+      --opts MODEL.SEM_SEG_HEAD.MSDA_IMPL "$impl" 2>&1 | tail -3
+  done
 done

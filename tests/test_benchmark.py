@@ -1,0 +1,110 @@
+"""tools/benchmark.py: stage times are exclusive, patches are undone, the stages it names exist on a real SIM model,
+and a reduced run of every section produces its tables and files (no timing is asserted)."""
+
+import json
+import os
+import time
+import types
+
+import pytest
+import torch
+
+from mask2former_sim.config import get_cfg
+from mask2former_sim.engine.trainer import Trainer
+from tools import benchmark
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "cpu", "tiny-overfit.yaml")
+
+
+def test_nested_stage_time_is_charged_once():
+    timer = benchmark.StageTimer(torch.device("cpu"))
+    inner = timer.wrap("inner", lambda: time.sleep(0.05))
+
+    def outer_body():
+        time.sleep(0.03)
+        inner()
+
+    outer = timer.wrap("outer", outer_body)
+    outer()  # disabled: nothing recorded
+    assert dict(timer.seconds) == {}
+    timer.enabled = True
+    outer()
+    assert 0.05 <= timer.seconds["inner"] < 0.5
+    assert 0.03 <= timer.seconds["outer"] < 0.075  # its own 30 ms, not the >= 80 ms it spans
+
+
+def test_patched_restores_instance_and_module_attributes():
+    class Thing:
+        def method(self):
+            return 1
+
+    thing = Thing()
+    module = types.SimpleNamespace(function=lambda: 2)
+    original_function = module.function
+    with (
+        benchmark.patched(thing, "method", lambda fn: lambda: fn() + 10),
+        benchmark.patched(module, "function", lambda fn: lambda: fn() + 20),
+    ):
+        assert thing.method() == 11 and module.function() == 22
+    assert thing.method() == 1 and "method" not in vars(thing)  # the class method shows through again
+    assert module.function is original_function
+    backward = torch.autograd.backward
+    with benchmark.patched(torch.autograd, "backward", lambda fn: fn):
+        pass
+    assert torch.autograd.backward is backward
+
+
+def test_every_stage_exists_on_a_sim_trainer():
+    cfg = get_cfg(TINY, ["MODEL.MASK_FORMER.SUPERVISION", "sim", "OUTPUT_DIR", ""])
+    trainer = Trainer(cfg, train_loader_fn=lambda _cfg, _start: iter(()))
+    stages = benchmark.stage_patches(trainer)
+    names = [name for _, _, name in stages]
+    assert {
+        "backbone",
+        "pixel decoder",
+        "transformer decoder",
+        "backward",
+        "teacher forward",
+        "pseudo masks (Eq. 1, 6, 7)",
+        "losses",
+        "Hungarian matching",
+        "bank push",
+    } <= set(names)
+    for obj, attr, name in stages:
+        assert callable(getattr(obj, attr)), f"stage {name!r}: {type(obj).__name__}.{attr} is missing"
+
+
+@pytest.mark.slow
+def test_reduced_run_writes_every_table(tmp_path):
+    out = tmp_path / "bench"
+    report = benchmark.main(
+        [
+            "--config-file",
+            os.path.join(REPO, "configs", "cpu", "sim_m2f_synthetic_tiny.yaml"),
+            "--smoke",
+            "--compare-transformers",
+            "--scaling",
+            "--msda",
+            "--forward",
+            "64",
+            "--output-dir",
+            str(out),
+            "--opts",
+            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+            "10",
+        ]
+    )
+    assert set(report["training"]) == {"mask", "box", "sim"}
+    for mode, result in report["training"].items():
+        assert result["plain_s"] > 0 and result["stages_s"]["backward"] > 0, mode
+    assert report["transformers"]["plain_s"] > 0 and report["data"]["step_s"] > 0
+    assert report["inference"]["whole image"] > 0 and report["forward"]["seconds"] > 0
+    assert set(report["scaling"]["instances"]) == {1, 30} and report["msda"]["pytorch forward ms"] > 0
+    text = (out / "benchmark.md").read_text()
+    for heading in ("## Training step", "## Data loading", "## Inference", "## Scaling", "## Network forward"):
+        assert heading in text
+    assert "ours / transformers" in text and (out / "scaling.png").is_file()
+    assert json.loads((out / "benchmark.json").read_text())["config"].endswith("sim_m2f_synthetic_tiny.yaml")

@@ -1,0 +1,697 @@
+#!/usr/bin/env python
+"""What training and inference cost for a config, measured in one process, with ratios against a baseline.
+
+    python tools/benchmark.py --config-file configs/cpu/m2f_nuclei_lite0.yaml --compare-transformers
+    python tools/benchmark.py --config-file configs/cpu/sim_m2f_nuclei_lite0.yaml --modes box sim --device cuda
+    python tools/benchmark.py --config-file configs/cpu/m2f_nuclei_lite0.yaml --scaling --output-dir docs/bench
+
+Sections (each prints a markdown table; all are written to ``<output-dir>/benchmark.{json,md}``):
+
+- **training step** per supervision mode (``--modes``): the median time of a step on prefetched batches after
+  ``--warmup`` steps, then the same steps again with every stage timed (synchronised on CUDA, exclusive of the
+  timed stages it calls): backbone, pixel decoder, transformer decoder, Hungarian matching, losses, backward,
+  optimizer, box targets; SIM: teacher forward, pseudo masks, prototypes, teacher EMA, copy-paste, bank push,
+  paste targets; "other" is the rest. Peak memory: CPU RSS (VmHWM, reset per mode) and CUDA max allocated.
+  SIM's START_ITER is set to 0 so its losses are on in every timed step. Ratios: every mode against the first.
+- **data loading**: the real loader with the config's workers inside the trainer loop; the share of the step
+  spent waiting for a batch.
+- **inference**: seconds per test image (``DATASETS.TEST[0]``, ``--inference-images`` images, test-time
+  resize of the config) with the config's sliding window and without it.
+- **transformers** (``--compare-transformers``, mask mode): the same training step (same batches, forward, loss,
+  backward, clipping, AdamW) of Hugging Face transformers' ``Mask2FormerForUniversalSegmentation`` built from
+  an equivalent config with random weights (the config's timm backbone, widths, layers, queries, points).
+- **scaling** (``--scaling``): step time and peak memory against the GT instances per image (1 → 300
+  nuclei-like discs) and the image size (256 → 1024), and inference time against the image size up to
+  4000×3000; a table and ``scaling.png``.
+- **network forward** (``--forward SIZE``): the median time of the backbone → pixel decoder → transformer decoder
+  forward on one random SIZE×SIZE image (random weights, eval mode, no gradient).
+- **deformable attention** (``--msda``): the CUDA op against the PyTorch path on Mask2Former's R50 encoder shapes
+  at 1024×1024 (forward, forward + backward, peak memory; CPU: the PyTorch path on tiny shapes only).
+
+``--smoke`` runs every section on one step / image at small sizes (the CI check that the tool works); ``--modes``
+with no mode skips the training section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from mask2former_sim.config import get_cfg
+from mask2former_sim.data import build_train_loader, get_dataset_dicts, register_from_config
+from mask2former_sim.engine.trainer import Trainer
+from mask2former_sim.modeling import meta_arch
+from mask2former_sim.modeling.sim import supervisor
+
+MODES = ("mask", "box", "sim")
+
+
+# --------------------------------------------------------------------------------------------- measuring
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Reset the process's peak RSS (Linux ``clear_refs``) and CUDA's peak allocation."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> Dict[str, Optional[float]]:
+    """Peak RSS since the last reset (VmHWM) and CUDA's max allocated, in MB."""
+    rss = None
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024.0
+    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"rss_mb": rss, "cuda_mb": cuda}
+
+
+class StageTimer:
+    """Accumulates synchronised wall time per stage name while ``enabled``.
+
+    Times are exclusive: a timed stage called inside another (e.g. matching inside the criterion) is charged to
+    itself and removed from the caller, so the stages add up to at most the step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.enabled = False
+        self.seconds: Dict[str, float] = defaultdict(float)
+        self._children: List[float] = []  # per open stage: time spent in timed stages it called
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.enabled:
+                return fn(*args, **kwargs)
+            synchronize(self.device)
+            start = time.perf_counter()
+            self._children.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                synchronize(self.device)
+                elapsed = time.perf_counter() - start
+                self.seconds[name] += elapsed - self._children.pop()
+                if self._children:
+                    self._children[-1] += elapsed
+
+        return timed
+
+
+@contextlib.contextmanager
+def patched(obj: Any, attr: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
+    """Replace ``obj.attr`` by ``wrapper(obj.attr)`` for the duration (instance, class or module attribute)."""
+    original = getattr(obj, attr)
+    had_own = attr in vars(obj)
+    setattr(obj, attr, wrapper(original))
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(obj, attr, original)
+        else:
+            delattr(obj, attr)
+
+
+def stage_patches(trainer: Trainer) -> List[Tuple[Any, str, str]]:
+    """(object, attribute, stage name) of every timed stage of this trainer's model."""
+    model = trainer.model
+    stages = [
+        (model.backbone, "forward", "backbone"),
+        (model.pixel_decoder, "forward_features", "pixel decoder"),
+        (model.transformer_decoder, "forward", "transformer decoder"),
+        (model.criterion.matcher, "forward", "Hungarian matching"),
+        (model.criterion, "forward", "losses"),
+        (meta_arch, "box_targets", "box targets (Lab, affinities)"),
+        (torch.autograd, "backward", "backward"),
+        (trainer, "_optimizer_step", "optimizer step"),
+    ]
+    if model.sim is not None:
+        sim = model.sim
+        stages += [
+            (sim, "paste", "copy-paste (CPU)"),
+            (meta_arch, "paste_targets", "paste targets"),
+            (sim.teacher, "forward", "teacher forward"),
+            (type(sim.pseudo_masks), "__call__", "pseudo masks (Eq. 1, 6, 7)"),
+            (supervisor, "teacher_statistics", "teacher statistics (log steps)"),
+            (sim.prototypes, "update", "prototypes (Sinkhorn)"),
+            (sim.teacher, "update", "teacher EMA"),
+        ]
+        if sim.copy_paste is not None:
+            stages.append((sim.copy_paste, "push", "bank push"))
+    return stages
+
+
+def mode_cfg(config_file: str, mode: str, device: str, opts: Sequence[str]):
+    return get_cfg(
+        config_file,
+        [
+            "MODEL.MASK_FORMER.SUPERVISION",
+            mode,
+            "MODEL.DEVICE",
+            device,
+            "MODEL.SIM.START_ITER",
+            "0",
+            "OUTPUT_DIR",
+            "",
+            "LOG_PERIOD",
+            "0",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "LOGGER.TENSORBOARD",
+            "False",
+            *opts,
+        ],
+    )
+
+
+def prefetch(cfg, count: int) -> List[Any]:
+    register_from_config(cfg)
+    return list(itertools.islice(iter(build_train_loader(cfg)), count))
+
+
+# --------------------------------------------------------------------------------------------- sections
+def time_training(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
+    """Plain median step seconds, per-stage mean seconds and peak memory of one supervision mode."""
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer._data_iter = itertools.cycle(batches)  # what train() would set, minus the loader
+    trainer.model.train()
+    device = trainer.device
+
+    def step() -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        trainer.run_step()
+        synchronize(device)
+        trainer.iter += 1
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    reset_peak_memory(device)
+    plain = statistics.median(step() for _ in range(steps))
+    memory = peak_memory_mb(device)
+    timer = StageTimer(device)
+    with contextlib.ExitStack() as stack:
+        for obj, attr, name in stage_patches(trainer):
+            stack.enter_context(patched(obj, attr, lambda fn, name=name: timer.wrap(name, fn)))
+        timer.enabled = True
+        total = sum(step() for _ in range(steps))
+    stages = {name: seconds / steps for name, seconds in timer.seconds.items()}
+    stages["other (targets, Python)"] = total / steps - sum(stages.values())
+    return {"plain_s": plain, "instrumented_s": total / steps, "stages_s": stages, **memory}
+
+
+def time_data_loading(config_file: str, mode: str, device: str, opts: Sequence[str], steps: int) -> Dict[str, float]:
+    """Median step and data-wait seconds of the real trainer loop with the config's loader workers."""
+    cfg = get_cfg(
+        config_file,
+        [
+            "MODEL.MASK_FORMER.SUPERVISION",
+            mode,
+            "MODEL.DEVICE",
+            device,
+            "MODEL.SIM.START_ITER",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            str(steps + 2),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "0",
+            "LOG_PERIOD",
+            str(steps),
+            "LOGGER.TENSORBOARD",
+            "False",
+            *opts,
+        ],
+    )
+    register_from_config(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.OUTPUT_DIR = tmp
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        iters = list(trainer.progress.iter_time.values)[-steps:]
+        waits = list(trainer.progress.data_time.values)[-steps:]
+    step, wait = statistics.median(iters), statistics.median(waits)
+    return {"workers": cfg.DATALOADER.NUM_WORKERS, "step_s": step, "data_s": wait, "data_share": wait / step}
+
+
+def time_inference(config_file: str, device: str, opts: Sequence[str], num_images: int) -> Dict[str, Any]:
+    """Seconds per test image with the config's sliding window and without (same test-time resize)."""
+    from mask2former_sim.data.mapper import InferenceDatasetMapper
+    from mask2former_sim.modeling import build_model
+
+    cfg = get_cfg(config_file, ["MODEL.DEVICE", device, *opts])
+    register_from_config(cfg)
+    dicts = get_dataset_dicts(cfg.DATASETS.TEST[0])[:num_images]
+    mapper = InferenceDatasetMapper.from_config(cfg)
+    inputs = [mapper(d) for d in dicts]
+    results = {"images": len(inputs), "dataset": cfg.DATASETS.TEST[0]}
+    variants = (
+        [("sliding window", True), ("whole image", False)]
+        if cfg.TEST.SLIDING_WINDOW.ENABLED
+        else [("whole image", False)]
+    )
+    for name, sliding in variants:
+        cfg.defrost()
+        cfg.TEST.SLIDING_WINDOW.ENABLED = sliding
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        model.predict([inputs[0]])  # warm-up
+        synchronize(torch.device(device))
+        start = time.perf_counter()
+        for x in inputs:
+            model.predict([x])
+        synchronize(torch.device(device))
+        results[name] = (time.perf_counter() - start) / len(inputs)
+    return results
+
+
+def transformers_model(cfg) -> torch.nn.Module:
+    """Hugging Face transformers' Mask2Former with the widths, layers, queries and points of ``cfg``."""
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, TimmBackboneConfig
+
+    mf, head = cfg.MODEL.MASK_FORMER, cfg.MODEL.SEM_SEG_HEAD
+    backbone = TimmBackboneConfig(
+        backbone=cfg.MODEL.BACKBONE.NAME, out_indices=(1, 2, 3, 4), use_pretrained_backbone=False
+    )
+    config = Mask2FormerConfig(
+        backbone_config=backbone,
+        num_labels=head.NUM_CLASSES,
+        num_queries=mf.NUM_OBJECT_QUERIES,
+        hidden_dim=mf.HIDDEN_DIM,
+        feature_size=head.CONVS_DIM,
+        mask_feature_size=head.MASK_DIM,
+        encoder_layers=head.TRANSFORMER_ENC_LAYERS,
+        num_attention_heads=mf.NHEADS,
+        encoder_feedforward_dim=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
+        dim_feedforward=mf.DIM_FEEDFORWARD,
+        decoder_layers=mf.DEC_LAYERS,
+        train_num_points=mf.TRAIN_NUM_POINTS,
+        oversample_ratio=mf.OVERSAMPLE_RATIO,
+        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        class_weight=mf.CLASS_WEIGHT,
+        mask_weight=mf.MASK_WEIGHT,
+        dice_weight=mf.DICE_WEIGHT,
+        no_object_weight=mf.NO_OBJECT_WEIGHT,
+    )
+    return Mask2FormerForUniversalSegmentation(config)
+
+
+def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
+    """Median seconds of transformers' Mask2Former training step on the same batches (mask supervision)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    device = torch.device(cfg.MODEL.DEVICE)
+    model = transformers_model(cfg).to(device).train()
+    ours = Trainer.build_model(cfg)  # its preprocessing and targets, so both models see the same tensors
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    prepared = []
+    for batch in batches:
+        images, _ = ours.preprocess_images(batch)
+        targets = ours.build_targets(batch, tuple(images.shape[-2:]))
+        prepared.append((images, [t["masks"].float() for t in targets], [t["labels"] for t in targets]))
+    cycle = itertools.cycle(prepared)
+
+    def step() -> float:
+        images, masks, labels = next(cycle)
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, enabled=bool(cfg.SOLVER.AMP.ENABLED) and device.type == "cuda"):
+            loss = model(pixel_values=images, mask_labels=masks, class_labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    reset_peak_memory(device)
+    plain = statistics.median(step() for _ in range(steps))
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    ours_params = sum(p.numel() for p in ours.parameters() if p.requires_grad) / 1e6
+    return {"plain_s": plain, "params_m": params, "ours_params_m": ours_params, **peak_memory_mb(device)}
+
+
+def nuclei_like_batch(batch_size: int, size: int, instances: int, seed: int = 0) -> List[Dict[str, Any]]:
+    """Training inputs of random textured images with ``instances`` random discs (radius 3-8 px) each."""
+    rng = np.random.default_rng(seed)
+    batch = []
+    ys, xs = np.mgrid[0:size, 0:size]
+    for _ in range(batch_size):
+        centres = rng.uniform(8, size - 8, size=(instances, 2))
+        radii = rng.uniform(3, 8, size=instances)
+        masks = (ys[None] - centres[:, 0, None, None]) ** 2 + (xs[None] - centres[:, 1, None, None]) ** 2 <= (
+            radii[:, None, None] ** 2
+        )
+        image = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
+        image[masks.any(0)] += 120
+        boxes = np.stack(
+            [centres[:, 1] - radii, centres[:, 0] - radii, centres[:, 1] + radii, centres[:, 0] + radii], 1
+        ).clip(0, size)
+        batch.append(
+            {
+                "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                "padding_mask": torch.zeros(size, size, dtype=torch.bool),
+                "height": size,
+                "width": size,
+                "instances": {
+                    "gt_boxes": torch.from_numpy(boxes).float(),
+                    "gt_classes": torch.zeros(instances, dtype=torch.int64),
+                    "gt_masks": torch.from_numpy(masks),
+                },
+            }
+        )
+    return batch
+
+
+def time_scaling(
+    config_file: str,
+    mode: str,
+    device: str,
+    opts: Sequence[str],
+    instances: Sequence[int],
+    sizes: Sequence[int],
+    inference_sizes: Sequence[Tuple[int, int]],
+    batch_size: int,
+    warmup: int,
+    steps: int,
+) -> Dict[str, Any]:
+    """Step time and peak memory against instances and image size; inference time against image size."""
+    from mask2former_sim import Predictor
+
+    cfg = mode_cfg(config_file, mode, device, opts)
+    base = cfg.INPUT.IMAGE_SIZE
+    out: Dict[str, Any] = {"mode": mode, "batch": batch_size, "instances": {}, "size": {}, "inference": {}}
+    for n in instances:
+        r = time_training(cfg, [nuclei_like_batch(batch_size, base, n, seed=k) for k in range(2)], warmup, steps)
+        out["instances"][n] = {"step_s": r["plain_s"], "rss_mb": r["rss_mb"], "cuda_mb": r["cuda_mb"]}
+    for size in sizes:
+        r = time_training(cfg, [nuclei_like_batch(batch_size, size, 30, seed=k) for k in range(2)], warmup, steps)
+        out["size"][size] = {"step_s": r["plain_s"], "rss_mb": r["rss_mb"], "cuda_mb": r["cuda_mb"]}
+    predictor_cfg = get_cfg(config_file, ["MODEL.DEVICE", device, *opts])
+    predictor = Predictor(predictor_cfg)
+    for width, height in inference_sizes:
+        image = nuclei_like_batch(1, max(width, height), 200)[0]["image"].permute(1, 2, 0).numpy()[:height, :width]
+        image = np.ascontiguousarray(image)
+        predictor(image, 0.5)
+        reset_peak_memory(torch.device(device))
+        start = time.perf_counter()
+        predictor(image, 0.5)
+        out["inference"][f"{width}x{height}"] = {
+            "seconds": time.perf_counter() - start,
+            **peak_memory_mb(torch.device(device)),
+        }
+    return out
+
+
+def time_forward(config_file: str, device: str, opts: Sequence[str], size: int, warmup: int, repeats: int) -> Dict:
+    """Median seconds of the network forward (``forward_network``) on one random image, and the parameters."""
+    from mask2former_sim.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(get_cfg(config_file, ["MODEL.DEVICE", device, *opts])).eval()
+    images = torch.randn(1, 3, size, size, device=device)
+    times = []
+    with torch.no_grad():
+        for k in range(warmup + repeats):
+            synchronize(torch.device(device))
+            start = time.perf_counter()
+            model.forward_network(images)
+            synchronize(torch.device(device))
+            if k >= warmup:
+                times.append(time.perf_counter() - start)
+    return {
+        "size": size,
+        "seconds": statistics.median(times),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+def time_msda(device: torch.device, warmup: int, iters: int, smoke: bool) -> Dict[str, Any]:
+    """The CUDA deformable-attention op against the PyTorch path (forward, forward + backward, peak memory)."""
+    from mask2former_sim.layers import ms_deform_attn_cuda
+    from mask2former_sim.layers.ms_deform_attn import ms_deform_attn_pytorch
+
+    shapes = [(128, 128), (64, 64), (32, 32)] if device.type == "cuda" and not smoke else [(16, 16), (8, 8), (4, 4)]
+    g = torch.Generator().manual_seed(0)
+    spatial = torch.tensor(shapes, dtype=torch.int64)
+    areas = spatial.prod(1)
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    total, batch, heads, channels, levels, points = int(areas.sum()), 2, 8, 32, len(shapes), 4
+    value = torch.randn(batch, total, heads, channels, generator=g).to(device)
+    loc = torch.rand(batch, total, heads, levels, points, 2, generator=g).to(device)
+    weights = (
+        torch.rand(batch, total, heads, levels * points, generator=g)
+        .softmax(-1)
+        .view(batch, total, heads, levels, points)
+        .to(device)
+    )
+    spatial, starts = spatial.to(device), starts.to(device)
+    impls = {"pytorch": ms_deform_attn_pytorch}
+    if device.type == "cuda" and ms_deform_attn_cuda.is_available():
+        impls["op"] = lambda v, s, i, lo, a: ms_deform_attn_cuda.MSDeformAttnFunction.apply(v, s, i, lo, a, 128)
+    out: Dict[str, Any] = {"shapes": shapes, "S": total}
+    for name, impl in impls.items():
+        leaves = [t.detach().requires_grad_(True) for t in (value, loc, weights)]
+
+        def forward(impl=impl):
+            with torch.no_grad():
+                impl(value, spatial, starts, loc, weights)
+
+        def forward_backward(impl=impl, leaves=leaves):
+            impl(leaves[0], spatial, starts, leaves[1], leaves[2]).sum().backward()
+
+        for pass_name, fn in (("forward", forward), ("forward+backward", forward_backward)):
+            for _ in range(warmup):
+                fn()
+            reset_peak_memory(device)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            synchronize(device)
+            out[f"{name} {pass_name} ms"] = (time.perf_counter() - start) * 1000.0 / iters
+            out[f"{name} {pass_name} peak MB"] = peak_memory_mb(device)["cuda_mb"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- reporting
+def _ms(seconds: Optional[float]) -> str:
+    return "–" if seconds is None or not math.isfinite(seconds) else f"{seconds * 1000:.0f}"
+
+
+def _mb(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def training_table(results: Dict[str, Dict[str, Any]], transformers: Optional[Dict[str, Any]]) -> str:
+    modes = list(results)
+    base = modes[0]
+    names = sorted(
+        {n for r in results.values() for n in r["stages_s"]}, key=lambda n: -results[modes[-1]]["stages_s"].get(n, 0.0)
+    )
+    lines = ["| stage (ms/step) | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_ms(results[m]["stages_s"].get(name)) for m in modes) + " |")
+    lines.append(
+        "| **step, by stage (synchronised)** | " + " | ".join(_ms(results[m]["instrumented_s"]) for m in modes) + " |"
+    )
+    lines.append("| **step, plain (median)** | " + " | ".join(_ms(results[m]["plain_s"]) for m in modes) + " |")
+    lines.append(
+        f"| step / {base} step | "
+        + " | ".join(f"{results[m]['plain_s'] / results[base]['plain_s']:.2f}x" for m in modes)
+        + " |"
+    )
+    lines.append("| peak RSS (MB) | " + " | ".join(_mb(results[m]["rss_mb"]) for m in modes) + " |")
+    if any(results[m]["cuda_mb"] is not None for m in modes):
+        lines.append("| CUDA max allocated (MB) | " + " | ".join(_mb(results[m]["cuda_mb"]) for m in modes) + " |")
+    text = "\n".join(lines)
+    if transformers is not None and "mask" in results:
+        ratio = results["mask"]["plain_s"] / transformers["plain_s"]
+        text += (
+            f"\n\ntransformers' Mask2Former, same batches (mask supervision): {_ms(transformers['plain_s'])} "
+            f"ms/step, {transformers['params_m']:.2f} M parameters (ours {transformers['ours_params_m']:.2f} M)"
+            f", peak RSS {_mb(transformers['rss_mb'])} MB; ours / transformers: **{ratio:.2f}x**"
+        )
+    return text
+
+
+def scaling_plot(scaling: Dict[str, Any], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, xlabel in ((axes[0], "instances", "GT instances per image"), (axes[1], "size", "image side (px)")):
+        xs = [int(k) for k in scaling[key]]
+        ax.plot(xs, [scaling[key][k]["step_s"] for k in scaling[key]], "-o", label="step (s)")
+        ax.set(xlabel=xlabel, ylabel="training step (s)", title=f"{scaling['mode']}, batch {scaling['batch']}")
+        twin = ax.twinx()
+        twin.plot(xs, [scaling[key][k]["rss_mb"] or 0 for k in scaling[key]], "--s", color="tab:red")
+        twin.set_ylabel("peak RSS (MB)", color="tab:red")
+    sizes = list(scaling["inference"])
+    pixels = [int(s.split("x")[0]) * int(s.split("x")[1]) / 1e6 for s in sizes]
+    axes[2].plot(pixels, [scaling["inference"][s]["seconds"] for s in sizes], "-o")
+    axes[2].set(xlabel="image megapixels", ylabel="inference (s / image)", title="Predictor, threshold 0.5")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scaling_table(scaling: Dict[str, Any]) -> str:
+    lines = ["| GT instances per image | step (ms) | peak RSS (MB) |", "|---|---|---|"]
+    lines += [f"| {n} | {_ms(r['step_s'])} | {_mb(r['rss_mb'])} |" for n, r in scaling["instances"].items()]
+    lines += ["", "| image side (px), 30 instances | step (ms) | peak RSS (MB) |", "|---|---|---|"]
+    lines += [f"| {s} | {_ms(r['step_s'])} | {_mb(r['rss_mb'])} |" for s, r in scaling["size"].items()]
+    lines += ["", "| inference image (W x H) | seconds | peak RSS (MB) |", "|---|---|---|"]
+    lines += [f"| {s} | {r['seconds']:.2f} | {_mb(r['rss_mb'])} |" for s, r in scaling["inference"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/cpu/m2f_nuclei_lite0.yaml")
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, default=4, help="distinct prefetched training batches, cycled")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--inference-images", type=int, default=16)
+    parser.add_argument("--compare-transformers", action="store_true")
+    parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--msda", action="store_true")
+    parser.add_argument("--forward", type=int, default=0, metavar="SIZE", help="time the network forward")
+    parser.add_argument("--no-data", action="store_true", help="skip the data-loading section")
+    parser.add_argument("--no-inference", action="store_true", help="skip the inference section")
+    parser.add_argument("--smoke", action="store_true", help="one step / image per section, small sizes")
+    parser.add_argument("--output-dir", default="output/benchmark")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    warmup, steps = (1, 1) if args.smoke else (args.warmup, args.steps)
+    device = torch.device(args.device)
+    report: Dict[str, Any] = {
+        "config": args.config_file,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "warmup": warmup,
+        "steps": steps,
+    }
+    md = [
+        f"# Benchmark of `{args.config_file}`",
+        "",
+        f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{warmup} warm-up steps, {steps} timed steps",
+        "",
+    ]
+    # the same batches for every mode, decoded with masks when mask supervision is timed (box and SIM ignore them)
+    loader_mode = "mask" if "mask" in args.modes or args.compare_transformers else args.modes[0]
+    batches = prefetch(
+        mode_cfg(args.config_file, loader_mode, args.device, args.opts), 1 if args.smoke else args.batches
+    )
+    training: Dict[str, Dict[str, Any]] = {}
+    for mode in args.modes:
+        training[mode] = time_training(mode_cfg(args.config_file, mode, args.device, args.opts), batches, warmup, steps)
+    transformers = None
+    if args.compare_transformers:
+        transformers = time_transformers(
+            mode_cfg(args.config_file, "mask", args.device, args.opts), batches, warmup, steps
+        )
+    report.update(training=training, transformers=transformers)
+    if training:
+        md += ["## Training step", "", training_table(training, transformers), ""]
+    if not args.no_data and args.modes:
+        data = time_data_loading(args.config_file, args.modes[0], args.device, args.opts, 2 if args.smoke else steps)
+        report["data"] = data
+        md += [
+            "## Data loading",
+            "",
+            f"{data['workers']} worker(s): step {_ms(data['step_s'])} ms, waiting for data "
+            f"{_ms(data['data_s'])} ms = **{100 * data['data_share']:.1f}%** of the step",
+            "",
+        ]
+    if not args.no_inference:
+        inference = time_inference(args.config_file, args.device, args.opts, 1 if args.smoke else args.inference_images)
+        report["inference"] = inference
+        md += [
+            "## Inference",
+            "",
+            f"{inference['images']} images of `{inference['dataset']}`: "
+            + ", ".join(f"{k} {inference[k]:.2f} s/image" for k in ("sliding window", "whole image") if k in inference),
+            "",
+        ]
+    if args.scaling and args.modes:
+        instances = [1, 30] if args.smoke else [1, 10, 30, 100, 300]
+        sizes = [128] if args.smoke else [256, 512, 768, 1024]
+        inference_sizes = [(320, 240)] if args.smoke else [(640, 480), (1600, 1200), (2800, 2100), (4000, 3000)]
+        scaling = time_scaling(
+            args.config_file, args.modes[0], args.device, args.opts, instances, sizes, inference_sizes, 2, warmup, steps
+        )
+        report["scaling"] = scaling
+        os.makedirs(args.output_dir, exist_ok=True)
+        md += [
+            "## Scaling",
+            "",
+            scaling_table(scaling),
+            "",
+            f"![scaling]({os.path.basename(scaling_plot(scaling, os.path.join(args.output_dir, 'scaling.png')))})",
+            "",
+        ]
+    if args.forward:
+        forward = time_forward(
+            args.config_file, args.device, args.opts, 64 if args.smoke else args.forward, warmup, steps
+        )
+        report["forward"] = forward
+        md += [
+            "## Network forward",
+            "",
+            f"{forward['size']}x{forward['size']}, batch 1: "
+            f"{forward['seconds']:.3f} s ({forward['params_m']:.1f} M parameters)",
+            "",
+        ]
+    if args.msda:
+        msda = time_msda(device, warmup, max(steps, 1), args.smoke)
+        report["msda"] = msda
+        md += ["## Deformable attention", "", json.dumps(msda, indent=1), ""]
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "benchmark.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    text = "\n".join(md)
+    with open(os.path.join(args.output_dir, "benchmark.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
