@@ -251,4 +251,10 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
     torch.testing.assert_close(res["instance"][0], (w[:, None, None] * probs).sum(0), rtol=1e-5, atol=1e-6)
     outside = targets[0]["box_masks"][0] == 0
     assert bool(outside.any()) and float(res["prob"][0][outside].abs().sum()) > 0  # Eq. 7 is not cut by the box
-    assert float(res["weights"][0][outside].sum()) == 0 and float(res["labels"][0][outside].sum()) == 0  # ignored
+    # outside the box: label 0 with weight 1 (certain background, the default); "ignore" gives weight 0
+    assert float(res["labels"][0][outside].sum()) == 0 and bool((res["weights"][0][outside] == 1).all())
+    inside = ~outside
+    model.sim.pseudo_masks.outside_box = "ignore"
+    ignored = model.sim.pseudo_masks(teacher_out, targets, indices, model.sim.prototypes.prototypes)[0]
+    assert float(ignored["weights"][0][outside].sum()) == 0
+    torch.testing.assert_close(ignored["weights"][0][inside], res["weights"][0][inside])  # the box is unchanged

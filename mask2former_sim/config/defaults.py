@@ -142,6 +142,8 @@ _C.MODEL.SIM.TAU_LOW = 0.3  # pixels with M̂ <= this are pseudo background (pap
 _C.MODEL.SIM.TAU_HIGH = 0.7  # pixels with M̂ >= this are pseudo foreground; in between ignored (paper Table 7)
 _C.MODEL.SIM.DYNAMIC_TAU_HIGH = False  # per-instance τ_high from the M_I pixel count (official code; SPEC §10 option)
 _C.MODEL.SIM.DYNAMIC_TAU_RANGE = [0.7, 0.8]  # clamp range of the dynamic τ_high (official code)
+# "ignore" (weight 0, the official code) lets Mask2Former's masks grow past their boxes (docs/RESULTS.md §2)
+_C.MODEL.SIM.OUTSIDE_BOX = "background"  # pseudo loss outside the GT box: "background" (certain) or "ignore"
 _C.MODEL.SIM.INSTANCE_MAP_THRESH = 0.7  # M_I > this inside the box: prototype pixels before START_ITER (official code)
 _C.MODEL.SIM.POSITIVES = "all_heads"  # Eq. 6 positives: matched query of "all_heads" or the "last_head" only
 _C.MODEL.SIM.START_ITER = 10000  # pseudo and paste losses from this iteration on (paper: 10k of 90k)

@@ -6,9 +6,9 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 - :func:`instance_maps` — Eq. 6: the positives' weights ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised
   per GT and ``M_I = Σ_p w_p·σ(m_p)``, for every GT of an image in one pass.
 - :func:`fuse_maps` — Eq. 7, ``M̂_prob = (1 − α)·M_S + α·M_I``.
-- :func:`threshold_pseudo_mask` — labels 1 where ``M̂_prob ≥ τ_high``, 0 where ``≤ τ_low``; weight 0 in between
-  and outside the supervised region (the GT box minus padding: the official code ignores pixels outside the
-  box, which the projection term already pushes to background).
+- :func:`threshold_pseudo_mask` — labels 1 where ``M̂_prob ≥ τ_high``, 0 where ``≤ τ_low``, inside the GT box;
+  weight 0 in between and on padding. Outside the box :class:`PseudoMaskGenerator` makes a pixel certain
+  background (``MODEL.SIM.OUTSIDE_BOX background``) or ignores it (``ignore``, the official code).
 - :func:`full_resolution_pseudo_masks` — ``M̂`` at input resolution for the copy-paste bank (M̂_prob
   upsampled bilinearly, thresholded, restricted to the box region at input resolution).
 - :func:`dynamic_tau_high` — the official code's per-instance τ_high (option).
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 POSITIVES = ("all_heads", "last_head")
+OUTSIDE_BOX = ("background", "ignore")
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -203,6 +204,9 @@ class PseudoMaskGenerator:
         dynamic_tau_high: per-instance τ_high clamped to ``dynamic_tau_range`` (official code).
         instance_map_thresh: M_I threshold of the dynamic τ_high (and of the prototype pixels before START_ITER).
         positives: "all_heads" (the matched query of each head) or "last_head".
+        outside_box: pixels outside the GT box are certain "background" for the pseudo loss, or "ignore"d
+            (weight 0, the official code's choice; on Mask2Former it lets the masks grow past their boxes,
+            docs/RESULTS.md §2).
     """
 
     def __init__(
@@ -218,7 +222,10 @@ class PseudoMaskGenerator:
         dynamic_tau_range: Sequence[float],
         instance_map_thresh: float,
         positives: str,
+        outside_box: str = "background",
     ) -> None:
+        if outside_box not in OUTSIDE_BOX:
+            raise ValueError(f"MODEL.SIM.OUTSIDE_BOX must be one of {OUTSIDE_BOX}, found {outside_box!r}")
         if positives not in POSITIVES:
             raise ValueError(f"MODEL.SIM.POSITIVES must be one of {POSITIVES}, found {positives!r}")
         if not 0.0 <= tau_low <= tau_high <= 1.0:
@@ -235,6 +242,7 @@ class PseudoMaskGenerator:
         self.dynamic_tau_range = tuple(float(v) for v in dynamic_tau_range)
         self.instance_map_thresh = instance_map_thresh
         self.positives = positives
+        self.outside_box = outside_box
 
     @classmethod
     def from_config(cls, cfg) -> "PseudoMaskGenerator":
@@ -250,6 +258,7 @@ class PseudoMaskGenerator:
             dynamic_tau_range=sim.DYNAMIC_TAU_RANGE,
             instance_map_thresh=sim.INSTANCE_MAP_THRESH,
             positives=sim.POSITIVES,
+            outside_box=sim.OUTSIDE_BOX,
         )
 
     @torch.no_grad()
@@ -307,8 +316,10 @@ class PseudoMaskGenerator:
                 tau_high = dynamic_tau_high(prob, inst, box_masks, self.instance_map_thresh, *self.dynamic_tau_range)
             else:
                 tau_high = prob.new_full((len(gts),), self.tau_high)
-            region = (box_masks > 0) & valid  # outside its box a pixel is ignored by the pseudo loss (SPEC §5)
+            region = (box_masks > 0) & valid  # labels come from M̂ only inside the box
             labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
+            if self.outside_box == "background":  # outside its box (on real pixels) a pixel is certain background
+                weights = torch.where(region, weights, valid.to(weights).expand_as(weights))
             results.append(
                 {
                     "gt": gts,
