@@ -209,3 +209,26 @@ def test_sliding_window_is_used_when_enabled(monkeypatch):
     results = model([{"image": image, "height": 96, "width": 128}])
     assert calls == [((3, 48, 64), 96, 128, {**sw, "max_dets": 4})]
     assert len(results[0]["instances"]["scores"]) == 4
+
+
+def test_sliding_window_tiles_skip_queries_below_min_score(monkeypatch):
+    """Tile inference gets MIN_SCORE as its score threshold: exactly the instances the merge would keep."""
+    seen = {}
+
+    def fake_sliding_window(infer_fn, image, height, width, **kwargs):
+        tile = [{"image": image[:, :32, :32], "height": 32, "width": 32}]
+        seen["tile"] = infer_fn(tile)[0]["instances"]
+        seen["all"] = model.inference(tile)[0]["instances"]
+        return seen["tile"]
+
+    monkeypatch.setattr(sliding_window_module, "sliding_window_inference", fake_sliding_window)
+    model = stub_model(topk=7)
+    image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    scores = model.inference([{"image": image[:, :32, :32], "height": 32, "width": 32}])[0]["instances"]["scores"]
+    min_score = float(scores.sort().values[3])  # between the 3rd and 4th lowest: 4 of 7 pass
+    model.sliding_window = {"tile_size": 32, "stride": 24, "dedup_iou": 0.5, "border_margin": 2, "min_score": min_score}
+    model.predict([{"image": image, "height": 48, "width": 64}])
+    keep = seen["all"]["scores"] >= min_score
+    assert int(keep.sum()) == 4
+    for key in ("scores", "pred_classes", "pred_masks", "pred_boxes"):
+        assert torch.equal(seen["tile"][key], seen["all"][key][keep]), key

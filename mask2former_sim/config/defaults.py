@@ -27,6 +27,7 @@ _C.MODEL.BACKBONE.PRETRAINED_OFFLINE = ""  # "efficientnet_lite0": ImageNet weig
 _C.MODEL.BACKBONE.ALLOW_DOWNLOAD = False  # let timm download ImageNet weights from its hub (off: never at run time)
 _C.MODEL.BACKBONE.FREEZE_BN = True  # ResNet batch-norm frozen (detectron2 FrozenBN, as Mask2Former)
 _C.MODEL.BACKBONE.DROP_PATH_RATE = 0.0  # stochastic depth (Mask2Former Swin configs: 0.3)
+_C.MODEL.BACKBONE.CHANNELS_LAST = False  # NHWC memory layout for convolutional backbones (faster convolutions)
 _C.MODEL.BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4/8/16/32
 
 # Mask2Former head: pixel decoder ("SEM_SEG_HEAD" in Mask2Former's naming)
@@ -242,6 +243,7 @@ _C.TEST.SLIDING_WINDOW.STRIDE = 384  # distance between tile origins
 _C.TEST.SLIDING_WINDOW.DEDUP_IOU = 0.5  # instances from different tiles with mask IoU above this are merged
 _C.TEST.SLIDING_WINDOW.BORDER_MARGIN = 8  # drop instances touching an inner tile border within this many pixels
 _C.TEST.SLIDING_WINDOW.MIN_SCORE = 0.05  # tile instances scoring below this are dropped before the merge (speed)
+_C.TEST.SLIDING_WINDOW.BATCH_SIZE = 16  # tiles per network forward
 
 # ---------------------------------------------------------------------------------------------------------
 # Misc

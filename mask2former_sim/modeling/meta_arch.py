@@ -13,6 +13,7 @@ the sliding-window inference of :mod:`.sliding_window`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -98,8 +99,8 @@ class MaskFormer(nn.Module):
         pixel_mean, pixel_std: RGB normalisation in 0-255 units.
         deep_supervision: train every head; otherwise the auxiliary outputs are ignored.
         test_topk: detections per image (``TEST.DETECTIONS_PER_IMAGE``).
-        sliding_window: kwargs of ``sliding_window_inference`` (tile_size, stride, dedup_iou, border_margin) to
-            tile evaluation images, or None.
+        sliding_window: kwargs of ``sliding_window_inference`` (tile_size, stride, dedup_iou, border_margin,
+            min_score, batch_size) to tile evaluation images, or None.
         box_target_kwargs: kwargs of :func:`~.targets.box_targets` (box and SIM supervision), or None.
         sim: the :class:`~.sim.SIMSupervisor` (teacher, prototypes, pseudo masks, copy-paste), or None.
     """
@@ -164,6 +165,7 @@ class MaskFormer(nn.Module):
                 "dedup_iou": sw.DEDUP_IOU,
                 "border_margin": sw.BORDER_MARGIN,
                 "min_score": sw.MIN_SCORE,
+                "batch_size": sw.BATCH_SIZE,
             }
         supervision = build_supervision(cfg)
         sim = None
@@ -329,8 +331,10 @@ class MaskFormer(nn.Module):
         for x in batched_inputs:
             height = int(x.get("height", x["image"].shape[-2]))
             width = int(x.get("width", x["image"].shape[-1]))
+            # tile instances below min_score are dropped by the merge: do not resize their masks at all
+            infer = functools.partial(self.inference, score_threshold=self.sliding_window.get("min_score", 0.0))
             instances = sliding_window_inference(
-                self.inference, x["image"], height, width, max_dets=self.test_topk, **self.sliding_window
+                infer, x["image"], height, width, max_dets=self.test_topk, **self.sliding_window
             )
             results.append({"instances": instances})
         return results

@@ -249,20 +249,44 @@ def sliding_window_inference(
     return _assemble(kept, (img_h, img_w), (height, width))
 
 
-def _assemble(
-    kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tuple[int, int], chunk: int = 32
-) -> Dict[str, torch.Tensor]:
-    """Paste the kept instances into (N, height, width) masks (bilinear resize of the binary mask, > 0.5)."""
+def bilinear_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """(out_size, in_size) weights of 1-D bilinear resizing with ``align_corners=False`` (PyTorch's), so that
+    ``W_y @ X @ W_x.T`` is ``F.interpolate(X, (out_h, out_w), mode="bilinear", align_corners=False)``."""
+    eye = torch.eye(in_size, dtype=torch.float32)[None]  # row k: a unit impulse at input position k
+    return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def _assemble(kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+    """Paste the kept instances into (N, height, width) masks (bilinear resize of the binary mask, > 0.5).
+
+    Each mask is resized only over its box: the output rows and columns that the box's input pixels reach, by the
+    separable bilinear weights, which equals resizing the whole image-sized mask.
+    """
     masks = torch.zeros(len(kept), out_hw[0], out_hw[1], dtype=torch.bool)
-    full = (0, 0, image_hw[1], image_hw[0])
-    for start in range(0, len(kept), chunk):
-        part = torch.from_numpy(np.stack([_crop_to(c.mask, c.box, full) for c in kept[start : start + chunk]]))
-        if tuple(image_hw) != tuple(out_hw):
-            part = F.interpolate(part[:, None].float(), size=out_hw, mode="bilinear", align_corners=False)[:, 0] > 0.5
-        masks[start : start + len(part)] = part
+    boxes = torch.zeros(len(kept), 4, dtype=torch.float32)
+    resize = tuple(image_hw) != tuple(out_hw)
+    if resize and kept:
+        weights_y = bilinear_weights(image_hw[0], out_hw[0])
+        weights_x = bilinear_weights(image_hw[1], out_hw[1])
+    for k, c in enumerate(kept):
+        x1, y1, x2, y2 = c.box
+        mask = torch.from_numpy(c.mask)
+        if resize:
+            wy, wx = weights_y[:, y1:y2], weights_x[:, x1:x2]
+            rows = torch.nonzero(wy.sum(1) > 0)[:, 0]
+            cols = torch.nonzero(wx.sum(1) > 0)[:, 0]
+            if len(rows) == 0 or len(cols) == 0:
+                continue
+            oy1, oy2, ox1, ox2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            mask = (wy[oy1:oy2] @ mask.float() @ wx[ox1:ox2].T) > 0.5
+            x1, y1, x2, y2 = ox1, oy1, ox2, oy2
+        masks[k, y1:y2, x1:x2] = mask
+        box = masks_to_boxes(mask[None])[0]
+        if box[2] > box[0]:
+            boxes[k] = box + torch.tensor([x1, y1, x1, y1], dtype=torch.float32)
     return {
         "pred_masks": masks,
-        "pred_boxes": masks_to_boxes(masks),
+        "pred_boxes": boxes,
         "scores": torch.tensor([c.score for c in kept], dtype=torch.float32),
         "pred_classes": torch.tensor([c.label for c in kept], dtype=torch.int64),
     }

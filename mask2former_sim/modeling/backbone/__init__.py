@@ -31,6 +31,7 @@ def build_backbone(cfg) -> TimmBackbone:
         freeze_bn=bcfg.FREEZE_BN,
         output_norm=is_swin(bcfg.NAME),
         grad_checkpointing=is_swin(bcfg.NAME) and cfg.MODEL.SWIN.USE_CHECKPOINT,
+        channels_last=bcfg.CHANNELS_LAST,
         timm_kwargs=timm_kwargs_from_config(cfg),
     )
     load_backbone_weights(backbone, bcfg.PRETRAINED_OFFLINE, bcfg.WEIGHTS)

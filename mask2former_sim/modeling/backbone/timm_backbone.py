@@ -106,6 +106,7 @@ class TimmBackbone(nn.Module):
         freeze_bn: bool = True,
         output_norm: bool = False,
         grad_checkpointing: bool = False,
+        channels_last: bool = False,
         timm_kwargs: Dict[str, Any] | None = None,
     ) -> None:
         """
@@ -117,6 +118,8 @@ class TimmBackbone(nn.Module):
             output_norm: a LayerNorm on every returned feature (Mask2Former's D2SwinTransformer ``norm0..3``; not
                 part of ImageNet checkpoints, so they start at identity).
             grad_checkpointing: recompute stage activations in backward (``MODEL.SWIN.USE_CHECKPOINT``).
+            channels_last: run a convolutional backbone in NHWC memory layout (``MODEL.BACKBONE.CHANNELS_LAST``);
+                the returned features are contiguous NCHW either way.
             timm_kwargs: passed to ``timm.create_model`` (drop_path_rate, Swin geometry, ...).
         """
         super().__init__()
@@ -143,6 +146,9 @@ class TimmBackbone(nn.Module):
             freeze_batch_norm(self.model)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        self.channels_last = bool(channels_last) and not self.nhwc
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.output_norms = (
             nn.ModuleDict({f: nn.LayerNorm(self._shapes[f].channels) for f in self._out_features})
             if output_norm
@@ -162,6 +168,8 @@ class TimmBackbone(nn.Module):
                 f"backbone input size {tuple(x.shape[-2:])} must be divisible by 32 "
                 "(MODEL.MASK_FORMER.SIZE_DIVISIBILITY pads the batch)"
             )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         features = self.model(x)
         out = {}
         for name in self._out_features:
@@ -169,5 +177,5 @@ class TimmBackbone(nn.Module):
             if self.output_norms is not None:
                 norm = self.output_norms[name]
                 feature = norm(feature) if self.nhwc else norm(feature.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            out[name] = feature.permute(0, 3, 1, 2).contiguous() if self.nhwc else feature
+            out[name] = feature.permute(0, 3, 1, 2).contiguous() if self.nhwc else feature.contiguous()
         return out
