@@ -54,6 +54,29 @@ def test_efficientnet_lite0_pyramid():
     _check_pyramid(build_backbone(_cfg("tf_efficientnet_lite0")), torch.randn(1, 3, 64, 64), [24, 40, 112, 320])
 
 
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "resnet18"])
+def test_channels_last_backbone_computes_the_same_features_and_gradients(name):
+    """MODEL.BACKBONE.CHANNELS_LAST changes the memory layout only: features, weight gradients and the weights
+    loaded from a state dict agree with the NCHW backbone, and the features come back contiguous NCHW."""
+    torch.manual_seed(0)
+    reference = build_backbone(_cfg(name))
+    cfg = _cfg(name)
+    cfg.MODEL.BACKBONE.CHANNELS_LAST = True
+    nhwc = build_backbone(cfg)
+    nhwc.load_state_dict(reference.state_dict())
+    conv = next(m for m in nhwc.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 96)
+    out_ref, out = reference(x), nhwc(x)
+    for key in out_ref:
+        assert out[key].is_contiguous()
+        torch.testing.assert_close(out[key], out_ref[key], rtol=1e-3, atol=1e-4)
+    sum(f.square().sum() for f in out_ref.values()).backward()
+    sum(f.square().sum() for f in out.values()).backward()
+    ref_conv = next(m for m in reference.modules() if isinstance(m, nn.Conv2d))
+    torch.testing.assert_close(conv.weight.grad, ref_conv.weight.grad, rtol=1e-3, atol=1e-4)
+
+
 def test_swin_tiny_non_square_input_is_nchw():
     cfg = _cfg("D2SwinTransformer", DROP_PATH_RATE=0.2)
     backbone = build_backbone(cfg)

@@ -90,6 +90,9 @@ def test_reduced_run_writes_every_table(tmp_path):
             "--msda",
             "--forward",
             "64",
+            "--ab-opts",
+            "MODEL.BACKBONE.CHANNELS_LAST",
+            "True",
             "--output-dir",
             str(out),
             "--opts",
@@ -103,8 +106,10 @@ def test_reduced_run_writes_every_table(tmp_path):
     assert report["transformers"]["plain_s"] > 0 and report["data"]["step_s"] > 0
     assert report["inference"]["whole image"] > 0 and report["forward"]["seconds"] > 0
     assert set(report["scaling"]["instances"]) == {1, 30} and report["msda"]["pytorch forward ms"] > 0
+    assert report["ab"]["overrides"] == ["MODEL.BACKBONE.CHANNELS_LAST", "True"] and report["ab"]["ratio"] > 0
     text = (out / "benchmark.md").read_text()
-    for heading in ("## Training step", "## Data loading", "## Inference", "## Scaling", "## Network forward"):
+    headings = ("## Training step", "## A/B of config overrides", "## Data loading", "## Inference", "## Scaling")
+    for heading in (*headings, "## Network forward"):
         assert heading in text
     assert "ours / transformers" in text and (out / "scaling.png").is_file()
     assert json.loads((out / "benchmark.json").read_text())["config"].endswith("sim_m2f_synthetic_tiny.yaml")

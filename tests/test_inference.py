@@ -207,7 +207,7 @@ def test_sliding_window_is_used_when_enabled(monkeypatch):
     model = stub_model(topk=4, sliding_window=sw)
     image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
     results = model([{"image": image, "height": 96, "width": 128}])
-    assert calls == [((3, 48, 64), 96, 128, {**sw, "max_dets": 4})]
+    assert calls == [((3, 48, 64), 96, 128, {**sw, "max_dets": 4, "score_threshold": 0.0})]
     assert len(results[0]["instances"]["scores"]) == 4
 
 

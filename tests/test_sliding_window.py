@@ -111,6 +111,18 @@ def test_recovers_every_disc_once():
     check_recovers_discs(result, torch.from_numpy(labels), min_iou=1.0)
 
 
+def test_score_threshold_returns_the_instances_above_it_unchanged():
+    """score_threshold keeps exactly the merged instances scoring at least it (scores 0.5 + 0.005 * label)."""
+    labels = make_discs()
+    kwargs = dict(tile_size=128, stride=96, dedup_iou=0.5, border_margin=4, max_dets=1000)
+    everything = sliding_window_inference(fake_infer, encode_labels(labels), 450, 600, **kwargs)
+    above = sliding_window_inference(fake_infer, encode_labels(labels), 450, 600, score_threshold=0.6, **kwargs)
+    keep = everything["scores"] >= 0.6
+    assert 0 < int(keep.sum()) < len(keep)
+    for key in ("scores", "pred_classes", "pred_masks", "pred_boxes"):
+        assert torch.equal(above[key], everything[key][keep]), key
+
+
 def test_output_resized_to_original_size():
     """Input is the 2x-upsampled image; masks come back at the original size."""
     small = make_discs(150, 200, count=20, seed=3, big=0)

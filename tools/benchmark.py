@@ -16,7 +16,8 @@ Sections (each prints a markdown table; all are written to ``<output-dir>/benchm
 - **data loading**: the real loader with the config's workers inside the trainer loop; the share of the step
   spent waiting for a batch.
 - **inference**: seconds per test image (``DATASETS.TEST[0]``, ``--inference-images`` images, test-time
-  resize of the config) with the config's sliding window and without it.
+  resize of the config) with the config's sliding window and without it; ``--weights`` loads a trained
+  checkpoint (random init keeps every query, which the score threshold of a trained model would drop).
 - **transformers** (``--compare-transformers``, mask mode): the same training step (same batches, forward, loss,
   backward, clipping, AdamW) of Hugging Face transformers' ``Mask2FormerForUniversalSegmentation`` built from
   an equivalent config with random weights (the config's timm backbone, widths, layers, queries, points).
@@ -223,6 +224,28 @@ def time_training(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str,
     return {"plain_s": plain, "instrumented_s": total / steps, "stages_s": stages, **memory}
 
 
+def time_ab(
+    config_file: str,
+    mode: str,
+    device: str,
+    opts: Sequence[str],
+    ab_opts: Sequence[str],
+    batches: List[Any],
+    warmup: int,
+    steps: int,
+    reps: int,
+) -> Dict[str, Any]:
+    """Median training step of the config as it is (A) and with ``ab_opts`` on top (B), alternating A B ``reps``
+    times on the same batches, so that drift of the machine hits both alike."""
+    out: Dict[str, Any] = {"mode": mode, "overrides": list(ab_opts), "A_s": [], "B_s": []}
+    for _ in range(reps):
+        for key, extra in (("A_s", []), ("B_s", list(ab_opts))):
+            cfg = mode_cfg(config_file, mode, device, [*opts, *extra])
+            out[key].append(time_training(cfg, batches, warmup, steps)["plain_s"])
+    out["ratio"] = statistics.median(out["B_s"]) / statistics.median(out["A_s"])
+    return out
+
+
 def time_data_loading(config_file: str, mode: str, device: str, opts: Sequence[str], steps: int) -> Dict[str, float]:
     """Median step and data-wait seconds of the real trainer loop with the config's loader workers."""
     cfg = get_cfg(
@@ -259,9 +282,13 @@ def time_data_loading(config_file: str, mode: str, device: str, opts: Sequence[s
     return {"workers": cfg.DATALOADER.NUM_WORKERS, "step_s": step, "data_s": wait, "data_share": wait / step}
 
 
-def time_inference(config_file: str, device: str, opts: Sequence[str], num_images: int) -> Dict[str, Any]:
-    """Seconds per test image with the config's sliding window and without (same test-time resize)."""
+def time_inference(
+    config_file: str, device: str, opts: Sequence[str], num_images: int, weights: str = ""
+) -> Dict[str, Any]:
+    """Seconds per test image with the config's sliding window and without (same test-time resize); with
+    ``weights`` (a trained checkpoint) the model predicts what it was trained to, not random-init queries."""
     from mask2former_sim.data.mapper import InferenceDatasetMapper
+    from mask2former_sim.engine import load_model_weights
     from mask2former_sim.modeling import build_model
 
     cfg = get_cfg(config_file, ["MODEL.DEVICE", device, *opts])
@@ -269,7 +296,7 @@ def time_inference(config_file: str, device: str, opts: Sequence[str], num_image
     dicts = get_dataset_dicts(cfg.DATASETS.TEST[0])[:num_images]
     mapper = InferenceDatasetMapper.from_config(cfg)
     inputs = [mapper(d) for d in dicts]
-    results = {"images": len(inputs), "dataset": cfg.DATASETS.TEST[0]}
+    results = {"images": len(inputs), "dataset": cfg.DATASETS.TEST[0], "weights": weights or "random init"}
     variants = (
         [("sliding window", True), ("whole image", False)]
         if cfg.TEST.SLIDING_WINDOW.ENABLED
@@ -280,6 +307,8 @@ def time_inference(config_file: str, device: str, opts: Sequence[str], num_image
         cfg.TEST.SLIDING_WINDOW.ENABLED = sliding
         torch.manual_seed(0)
         model = build_model(cfg).eval()
+        if weights:
+            load_model_weights(model, weights)
         model.predict([inputs[0]])  # warm-up
         synchronize(torch.device(device))
         start = time.perf_counter()
@@ -403,6 +432,7 @@ def time_scaling(
     batch_size: int,
     warmup: int,
     steps: int,
+    weights: str = "",
 ) -> Dict[str, Any]:
     """Step time and peak memory against instances and image size; inference time against image size."""
     from mask2former_sim import Predictor
@@ -413,15 +443,18 @@ def time_scaling(
     for n in instances:
         r = time_training(cfg, [nuclei_like_batch(batch_size, base, n, seed=k) for k in range(2)], warmup, steps)
         out["instances"][n] = {"step_s": r["plain_s"], "rss_mb": r["rss_mb"], "cuda_mb": r["cuda_mb"]}
+        print(f"scaling: {n} instances, step {r['plain_s']:.2f} s, peak RSS {r['rss_mb']} MB", flush=True)
     for size in sizes:
         r = time_training(cfg, [nuclei_like_batch(batch_size, size, 30, seed=k) for k in range(2)], warmup, steps)
         out["size"][size] = {"step_s": r["plain_s"], "rss_mb": r["rss_mb"], "cuda_mb": r["cuda_mb"]}
-    predictor_cfg = get_cfg(config_file, ["MODEL.DEVICE", device, *opts])
+        print(f"scaling: {size} px, step {r['plain_s']:.2f} s, peak RSS {r['rss_mb']} MB", flush=True)
+    predictor_cfg = get_cfg(config_file, ["MODEL.DEVICE", device, "MODEL.WEIGHTS", weights, *opts])
     predictor = Predictor(predictor_cfg)
-    for width, height in inference_sizes:
+    for k, (width, height) in enumerate(inference_sizes):
         image = nuclei_like_batch(1, max(width, height), 200)[0]["image"].permute(1, 2, 0).numpy()[:height, :width]
         image = np.ascontiguousarray(image)
-        predictor(image, 0.5)
+        if k == 0:
+            predictor(image, 0.5)  # warm-up
         reset_peak_memory(torch.device(device))
         start = time.perf_counter()
         predictor(image, 0.5)
@@ -429,6 +462,7 @@ def time_scaling(
             "seconds": time.perf_counter() - start,
             **peak_memory_mb(torch.device(device)),
         }
+        print(f"scaling: inference {width}x{height}, {out['inference'][f'{width}x{height}']}", flush=True)
     return out
 
 
@@ -587,8 +621,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--inference-images", type=int, default=16)
+    parser.add_argument("--weights", default="", help="trained checkpoint for the inference sections")
     parser.add_argument("--compare-transformers", action="store_true")
     parser.add_argument("--scaling", action="store_true")
+    parser.add_argument(
+        "--ab-opts", nargs="+", default=None, metavar="KEY VALUE", help="time the first mode's step with these too"
+    )
+    parser.add_argument("--ab-reps", type=int, default=3, help="A B repetitions of --ab-opts")
     parser.add_argument("--msda", action="store_true")
     parser.add_argument("--forward", type=int, default=0, metavar="SIZE", help="time the network forward")
     parser.add_argument("--no-data", action="store_true", help="skip the data-loading section")
@@ -630,6 +669,32 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     report.update(training=training, transformers=transformers)
     if training:
         md += ["## Training step", "", training_table(training, transformers), ""]
+    if args.ab_opts and args.modes:
+        ab = time_ab(
+            args.config_file,
+            args.modes[0],
+            args.device,
+            args.opts,
+            args.ab_opts,
+            batches,
+            warmup,
+            steps,
+            1 if args.smoke else args.ab_reps,
+        )
+        report["ab"] = ab
+        md += [
+            "## A/B of config overrides",
+            "",
+            f"`{' '.join(ab['overrides'])}`, {args.modes[0]} step, A B alternated {len(ab['A_s'])} times:",
+            "",
+            "| variant | step per repetition (ms) | median (ms) |",
+            "|---|---|---|",
+            f"| A: the config | {', '.join(_ms(v) for v in ab['A_s'])} | {_ms(statistics.median(ab['A_s']))} |",
+            f"| B: with the overrides | {', '.join(_ms(v) for v in ab['B_s'])} | {_ms(statistics.median(ab['B_s']))} |",
+            "",
+            f"B / A: **{ab['ratio']:.2f}x**",
+            "",
+        ]
     if not args.no_data and args.modes:
         data = time_data_loading(args.config_file, args.modes[0], args.device, args.opts, 2 if args.smoke else steps)
         report["data"] = data
@@ -641,12 +706,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "",
         ]
     if not args.no_inference:
-        inference = time_inference(args.config_file, args.device, args.opts, 1 if args.smoke else args.inference_images)
+        inference = time_inference(
+            args.config_file, args.device, args.opts, 1 if args.smoke else args.inference_images, args.weights
+        )
         report["inference"] = inference
         md += [
             "## Inference",
             "",
-            f"{inference['images']} images of `{inference['dataset']}`: "
+            f"{inference['images']} images of `{inference['dataset']}` ({inference['weights']}): "
             + ", ".join(f"{k} {inference[k]:.2f} s/image" for k in ("sliding window", "whole image") if k in inference),
             "",
         ]
@@ -655,7 +722,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         sizes = [128] if args.smoke else [256, 512, 768, 1024]
         inference_sizes = [(320, 240)] if args.smoke else [(640, 480), (1600, 1200), (2800, 2100), (4000, 3000)]
         scaling = time_scaling(
-            args.config_file, args.modes[0], args.device, args.opts, instances, sizes, inference_sizes, 2, warmup, steps
+            args.config_file,
+            args.modes[0],
+            args.device,
+            args.opts,
+            instances,
+            sizes,
+            inference_sizes,
+            2,
+            warmup,
+            steps,
+            args.weights,
         )
         report["scaling"] = scaling
         os.makedirs(args.output_dir, exist_ok=True)

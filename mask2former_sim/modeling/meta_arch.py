@@ -283,19 +283,14 @@ class MaskFormer(nn.Module):
     ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
         """Per-image instances at ("height", "width"): :meth:`inference` or, when configured, the sliding window.
 
-        With ``score_threshold`` > 0 only the instances scoring at least that are returned, and (outside the
-        sliding window) only their masks are brought to the image size, so memory does not grow with the number
-        of queries (a score is class probability × mask score, so a class probability below the threshold
-        cannot pass).
+        With ``score_threshold`` > 0 only the instances scoring at least that are returned, and only their masks
+        are brought to the image size (the sliding window drops the others before pasting its masks), so memory
+        does not grow with the number of queries (a score is class probability × mask score, so a class
+        probability below the threshold cannot pass).
         """
         if self.sliding_window is None:
             return self.inference(batched_inputs, score_threshold)
-        results = self.sliding_window_inference(batched_inputs)
-        if score_threshold > 0:
-            for r in results:
-                keep = r["instances"]["scores"] >= score_threshold
-                r["instances"] = {k: v[keep] for k, v in r["instances"].items()}
-        return results
+        return self.sliding_window_inference(batched_inputs, score_threshold)
 
     @torch.no_grad()
     def inference(
@@ -322,9 +317,10 @@ class MaskFormer(nn.Module):
 
     @torch.no_grad()
     def sliding_window_inference(
-        self, batched_inputs: List[Dict[str, Any]]
+        self, batched_inputs: List[Dict[str, Any]], score_threshold: float = 0.0
     ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
-        """Tile every image, run :meth:`inference` on the tiles and merge (``TEST.SLIDING_WINDOW``)."""
+        """Tile every image, run :meth:`inference` on the tiles and merge (``TEST.SLIDING_WINDOW``); merged
+        instances scoring below ``score_threshold`` are dropped before their masks are pasted."""
         from .sliding_window import sliding_window_inference
 
         results = []
@@ -334,7 +330,13 @@ class MaskFormer(nn.Module):
             # tile instances below min_score are dropped by the merge: do not resize their masks at all
             infer = functools.partial(self.inference, score_threshold=self.sliding_window.get("min_score", 0.0))
             instances = sliding_window_inference(
-                infer, x["image"], height, width, max_dets=self.test_topk, **self.sliding_window
+                infer,
+                x["image"],
+                height,
+                width,
+                max_dets=self.test_topk,
+                score_threshold=score_threshold,
+                **self.sliding_window,
             )
             results.append({"instances": instances})
         return results

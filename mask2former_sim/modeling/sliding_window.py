@@ -205,6 +205,7 @@ def sliding_window_inference(
     max_dets: int,
     batch_size: int = 4,
     min_score: float = 0.0,
+    score_threshold: float = 0.0,
 ) -> Dict[str, torch.Tensor]:
     """Tiled inference on one (test-resized) image.
 
@@ -221,6 +222,8 @@ def sliding_window_inference(
         batch_size: tiles per ``infer_fn`` call.
         min_score: tile instances scoring below this are dropped before merging (the merge is greedy over all
             candidates: the many near-zero "no object" queries of every tile would dominate its cost).
+        score_threshold: merged instances scoring below this are not returned; their masks are never pasted into
+            image-sized arrays (a demo threshold on a 12-megapixel image).
     Returns:
         ``{"pred_masks": bool (N, height, width), "pred_boxes": float (N, 4) XYXY from the masks,
         "scores": (N,), "pred_classes": int64 (N,)}``, sorted by descending score.
@@ -242,7 +245,7 @@ def sliding_window_inference(
         ]
         outputs = infer_fn(inputs)
         candidates.extend(_collect_tile_instances(outputs, chunk, start, (img_h, img_w), border_margin, min_score))
-    kept = merge_tile_instances(candidates, dedup_iou)
+    kept = [c for c in merge_tile_instances(candidates, dedup_iou) if c.score >= score_threshold]
     kept.sort(key=lambda c: -c.score)
     kept = kept[:max_dets]
     logger.debug("Sliding window: %d tiles, %d tile instances, %d kept.", len(tiles), len(candidates), len(kept))
