@@ -103,7 +103,10 @@ def test_reduced_run_writes_every_table(tmp_path):
     assert set(report["training"]) == {"mask", "box", "sim"}
     for mode, result in report["training"].items():
         assert result["plain_s"] > 0 and result["stages_s"]["backward"] > 0, mode
-    assert report["transformers"]["plain_s"] > 0 and report["data"]["step_s"] > 0
+    transformers = report["transformers"]
+    assert transformers["plain_s"] > 0 and report["data"]["step_s"] > 0
+    ((ours, theirs),) = transformers["pairs_s"]  # one alternated pair in --smoke
+    assert transformers["ratio"] == pytest.approx(ours / theirs)
     assert report["inference"]["whole image"] > 0 and report["forward"]["seconds"] > 0
     assert set(report["scaling"]["instances"]) == {1, 30} and report["msda"]["pytorch forward ms"] > 0
     assert report["ab"]["overrides"] == ["MODEL.BACKBONE.CHANNELS_LAST", "True"] and report["ab"]["ratio"] > 0

@@ -20,7 +20,9 @@ Sections (each prints a markdown table; all are written to ``<output-dir>/benchm
   checkpoint (random init keeps every query, which the score threshold of a trained model would drop).
 - **transformers** (``--compare-transformers``, mask mode): the same training step (same batches, forward, loss,
   backward, clipping, AdamW) of Hugging Face transformers' ``Mask2FormerForUniversalSegmentation`` built from
-  an equivalent config with random weights (the config's timm backbone, widths, layers, queries, points).
+  an equivalent config with random weights (the config's timm backbone, widths, layers, queries, points),
+  alternated step by step with our mask step (per-pair ratios and their median; the machine's drift within a
+  run would otherwise decide the ratio).
 - **scaling** (``--scaling``): step time and peak memory against the GT instances per image (1 → 300
   nuclei-like discs) and the image size (256 → 1024), and inference time against the image size up to
   4000×3000; a table and ``scaling.png``.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -192,8 +195,8 @@ def prefetch(cfg, count: int) -> List[Any]:
 
 
 # --------------------------------------------------------------------------------------------- sections
-def time_training(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
-    """Plain median step seconds, per-stage mean seconds and peak memory of one supervision mode."""
+def training_stepper(cfg, batches: List[Any]) -> Tuple[Trainer, Callable[[], float]]:
+    """A trainer of ``cfg`` cycling ``batches`` and a function that runs one timed step of it (seconds)."""
     torch.manual_seed(0)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -209,6 +212,13 @@ def time_training(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str,
         trainer.iter += 1
         return time.perf_counter() - start
 
+    return trainer, step
+
+
+def time_training(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
+    """Plain median step seconds, per-stage mean seconds and peak memory of one supervision mode."""
+    trainer, step = training_stepper(cfg, batches)
+    device = trainer.device
     for _ in range(warmup):
         step()
     reset_peak_memory(device)
@@ -352,10 +362,12 @@ def transformers_model(cfg) -> torch.nn.Module:
 
 
 def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
-    """Median seconds of transformers' Mask2Former training step on the same batches (mask supervision)."""
+    """Transformers' Mask2Former training step against ours (mask supervision) on the same batches, the two
+    alternated step by step so that drift of the machine hits both alike; then transformers' peak memory alone."""
     import transformers
 
     transformers.logging.set_verbosity_error()
+    ours_trainer, ours_step = training_stepper(cfg, batches)
     torch.manual_seed(0)
     device = torch.device(cfg.MODEL.DEVICE)
     model = transformers_model(cfg).to(device).train()
@@ -367,6 +379,9 @@ def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[
         targets = ours.build_targets(batch, tuple(images.shape[-2:]))
         prepared.append((images, [t["masks"].float() for t in targets], [t["labels"] for t in targets]))
     cycle = itertools.cycle(prepared)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    ours_params = sum(p.numel() for p in ours.parameters() if p.requires_grad) / 1e6
+    del ours
 
     def step() -> float:
         images, masks, labels = next(cycle)
@@ -382,12 +397,22 @@ def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[
         return time.perf_counter() - start
 
     for _ in range(warmup):
+        ours_step()
         step()
+    pairs = [(ours_step(), step()) for _ in range(steps)]
+    del ours_trainer, ours_step
+    gc.collect()
     reset_peak_memory(device)
-    plain = statistics.median(step() for _ in range(steps))
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    ours_params = sum(p.numel() for p in ours.parameters() if p.requires_grad) / 1e6
-    return {"plain_s": plain, "params_m": params, "ours_params_m": ours_params, **peak_memory_mb(device)}
+    step()
+    return {
+        "plain_s": statistics.median(theirs for _, theirs in pairs),
+        "ours_s": statistics.median(mine for mine, _ in pairs),
+        "ratio": statistics.median(mine / theirs for mine, theirs in pairs),
+        "pairs_s": pairs,
+        "params_m": params,
+        "ours_params_m": ours_params,
+        **peak_memory_mb(device),
+    }
 
 
 def nuclei_like_batch(
@@ -562,7 +587,7 @@ def _mb(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
-def training_table(results: Dict[str, Dict[str, Any]], transformers: Optional[Dict[str, Any]]) -> str:
+def training_table(results: Dict[str, Dict[str, Any]]) -> str:
     modes = list(results)
     base = modes[0]
     names = sorted(
@@ -584,14 +609,25 @@ def training_table(results: Dict[str, Dict[str, Any]], transformers: Optional[Di
     if any(results[m]["cuda_mb"] is not None for m in modes):
         lines.append("| CUDA max allocated (MB) | " + " | ".join(_mb(results[m]["cuda_mb"]) for m in modes) + " |")
     text = "\n".join(lines)
-    if transformers is not None and "mask" in results:
-        ratio = results["mask"]["plain_s"] / transformers["plain_s"]
-        text += (
-            f"\n\ntransformers' Mask2Former, same batches (mask supervision): {_ms(transformers['plain_s'])} "
-            f"ms/step, {transformers['params_m']:.2f} M parameters (ours {transformers['ours_params_m']:.2f} M)"
-            f", peak RSS {_mb(transformers['rss_mb'])} MB; ours / transformers: **{ratio:.2f}x**"
-        )
     return text
+
+
+def transformers_table(result: Dict[str, Any]) -> str:
+    lines = [
+        f"Mask supervision, the same batches, our step and transformers' alternated {len(result['pairs_s'])} times "
+        f"({result['params_m']:.2f} M parameters, ours {result['ours_params_m']:.2f} M):",
+        "",
+        "| | ours (ms) | transformers (ms) | ours / transformers |",
+        "|---|---|---|---|",
+    ]
+    for i, (mine, theirs) in enumerate(result["pairs_s"]):
+        lines.append(f"| step {i + 1} | {_ms(mine)} | {_ms(theirs)} | {mine / theirs:.2f}x |")
+    lines += [
+        f"| **median** | **{_ms(result['ours_s'])}** | **{_ms(result['plain_s'])}** | **{result['ratio']:.2f}x** |",
+        "",
+        f"transformers' peak RSS during one step (our trainer freed): {_mb(result['rss_mb'])} MB",
+    ]
+    return "\n".join(lines)
 
 
 def scaling_plot(scaling: Dict[str, Any], path: str) -> str:
@@ -690,7 +726,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         )
     report.update(training=training, transformers=transformers)
     if training:
-        md += ["## Training step", "", training_table(training, transformers), ""]
+        md += ["## Training step", "", training_table(training), ""]
+    if transformers is not None:
+        md += ["## transformers' Mask2Former", "", transformers_table(transformers), ""]
     if args.ab_opts and args.modes:
         ab = time_ab(
             args.config_file,
