@@ -251,8 +251,10 @@ def time_ab(
     out: Dict[str, Any] = {"mode": mode, "overrides": list(ab_opts), "A_s": [], "B_s": []}
     for _ in range(reps):
         for key, extra in (("A_s", []), ("B_s", list(ab_opts))):
-            cfg = mode_cfg(config_file, mode, device, [*opts, *extra])
-            out[key].append(time_training(cfg, batches, warmup, steps)["plain_s"])
+            _, step = training_stepper(mode_cfg(config_file, mode, device, [*opts, *extra]), batches)
+            for _ in range(warmup):
+                step()
+            out[key].append(statistics.median(step() for _ in range(steps)))
     out["ratio"] = statistics.median(out["B_s"]) / statistics.median(out["A_s"])
     return out
 
@@ -371,7 +373,7 @@ def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[
     torch.manual_seed(0)
     device = torch.device(cfg.MODEL.DEVICE)
     model = transformers_model(cfg).to(device).train()
-    ours = Trainer.build_model(cfg)  # its preprocessing and targets, so both models see the same tensors
+    ours = ours_trainer.model  # its preprocessing and targets, so both models see the same tensors
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     prepared = []
     for batch in batches:
