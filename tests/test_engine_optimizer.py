@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mask2former_sim.config import get_cfg
-from mask2former_sim.engine.optimizer import build_optimizer, clip_gradients, get_param_groups
+from mask2former_sim.engine.optimizer import build_optimizer, clip_gradients, get_param_groups, merge_param_groups
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -53,7 +53,8 @@ def _cfg(**solver):
 
 
 def _by_name(groups):
-    return {g["name"]: g for g in groups}
+    """name -> group, for per-parameter groups ("name") and merged ones ("names")."""
+    return {name: g for g in groups for name in g.get("names", [g.get("name")])}
 
 
 def test_param_groups_lr_and_decay():
@@ -84,6 +85,49 @@ def test_param_groups_lr_and_decay():
     for name, (lr, wd) in expected.items():
         assert groups[name]["lr"] == pytest.approx(lr), name
         assert groups[name]["weight_decay"] == pytest.approx(wd), name
+
+
+def test_optimizer_groups_merged_by_hyper_parameters():
+    model = Toy()
+    per_param = get_param_groups(model, 1e-4, 0.05, backbone_multiplier=0.1)
+    groups = build_optimizer(_cfg(), model).param_groups
+    # (lr, decay) pairs of the Toy: backbone x {decay, none}, head x {decay, none}
+    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == sorted(
+        {(g["lr"], g["weight_decay"]) for g in per_param}
+    )
+    assert len(groups) == 4
+    for g in groups:
+        assert len(g["params"]) == len(g["names"])
+        for name, param in zip(g["names"], g["params"]):
+            (original,) = [pg for pg in per_param if pg["name"] == name]
+            assert original["params"][0] is param
+    assert merge_param_groups([]) == []
+
+
+def test_merged_fused_adamw_step_equals_per_parameter_reference():
+    torch.manual_seed(0)
+    model, reference = Toy(), Toy()
+    reference.load_state_dict(model.state_dict())
+    initial = [p.detach().clone() for p in model.parameters()]
+    ours = build_optimizer(_cfg(), model)
+    ref_groups = get_param_groups(reference, 1e-4, 0.05, backbone_multiplier=0.1)
+    ref = torch.optim.AdamW(ref_groups, lr=1e-4, foreach=False, fused=False)
+    for step in range(3):
+        for m in (model, reference):
+            torch.manual_seed(step)
+            x = torch.randn(2, 3, 6, 6)
+            feats = m.backbone[1](m.backbone[0](x)).mean((2, 3))
+            loss = (m.head(feats) + m.norm(feats) + m.query_embed.weight.sum(0) + m.level_embed.sum(0)).pow(2).sum()
+            (
+                loss + m.backbone[2].weight.sum() + m.backbone[3].proj(feats).sum() + m.gn(feats[..., None]).sum()
+            ).backward()
+        ours.step()
+        ref.step()
+        ours.zero_grad()
+        ref.zero_grad()
+    for (name, a), (_, b) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(model.head.weight, initial[[n for n, _ in model.named_parameters()].index("head.weight")])
 
 
 def test_norm_and_embed_decay_keys_are_used():

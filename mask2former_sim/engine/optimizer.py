@@ -6,6 +6,10 @@ whose module path contains ``"backbone"``; weight decay ``WEIGHT_DECAY_NORM`` fo
 ``absolute_pos_embed``; ``WEIGHT_DECAY`` otherwise. Frozen parameters (``requires_grad=False``, e.g. an EMA
 teacher) never enter the optimizer and a parameter shared by two modules enters once.
 
+The optimizer gets these groups merged by hyper-parameters (:func:`merge_param_groups`, a handful of groups
+instead of one per parameter) and, for AdamW, its fused kernel: both act per group, and per-parameter groups
+made the step run tensor by tensor.
+
 Clipping is a separate function (:func:`clip_gradients`) rather than a hidden part of ``optimizer.step()`` so
 that the trainer can unscale AMP gradients first (``scaler.unscale_(optimizer)``) and then clip true gradients.
 """
@@ -18,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "get_param_groups", "clip_gradients", "NORM_MODULE_TYPES"]
+__all__ = ["build_optimizer", "get_param_groups", "merge_param_groups", "clip_gradients", "NORM_MODULE_TYPES"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,28 @@ def get_param_groups(
     return groups
 
 
+def merge_param_groups(groups: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Merge the groups of :func:`get_param_groups` that share every hyper-parameter, in first-seen order.
+
+    Each merged group holds ``params`` and ``names`` (the members' ``name`` entries, in the same order).
+    """
+    merged: Dict[tuple, Dict[str, Any]] = {}
+    for group in groups:
+        hyper = {k: v for k, v in group.items() if k not in ("params", "name")}
+        key = tuple(sorted(hyper.items()))
+        if key not in merged:
+            merged[key] = {**hyper, "params": [], "names": []}
+        merged[key]["params"].extend(group["params"])
+        merged[key]["names"].extend([group.get("name", "")] * len(group["params"]))
+    return list(merged.values())
+
+
+def _fused_supported(groups: List[Dict[str, Any]]) -> bool:
+    """AdamW's fused kernel takes floating-point parameters on the CPU or CUDA."""
+    params = [p for g in groups for p in g["params"]]
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """``SOLVER.OPTIMIZER`` ("ADAMW" or "SGD") over :func:`get_param_groups` built from ``cfg.SOLVER``."""
     solver = cfg.SOLVER
@@ -96,15 +122,19 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     )
     if not groups:
         raise ValueError("build_optimizer: the model has no parameter with requires_grad=True")
+    n_tensors = len(groups)
+    groups = merge_param_groups(groups)
     name = solver.OPTIMIZER.upper()
     if name == "ADAMW":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=solver.BASE_LR)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=solver.BASE_LR, fused=_fused_supported(groups))
     elif name == "SGD":
         optimizer = torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=solver.MOMENTUM)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {solver.OPTIMIZER!r}")
     n_params = sum(p.numel() for g in groups for p in g["params"])
-    logger.info("optimizer %s: %d parameter tensors, %d parameters", name, len(groups), n_params)
+    logger.info(
+        "optimizer %s: %d parameter tensors in %d groups, %d parameters", name, n_tensors, len(groups), n_params
+    )
     return optimizer
 
 

@@ -48,8 +48,8 @@ def ms_deform_attn_pytorch(
     shapes: List[List[int]] = value_spatial_shapes.tolist()
     value_list = value.split([h * w for h, w in shapes], dim=1)
     sampling_grids = 2 * sampling_locations - 1
-    # (N, Lq, M, L, P) -> (N*M, Lq, L, P)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, lq, num_levels, num_points)
+    # (N, Lq, M, L, P) -> (N*M, 1, Lq, L, P), broadcast over D
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels, num_points)
     output = None
     for level, (h, w) in enumerate(shapes):
         # (N, H*W, M, D) -> (N*M, D, H, W)
@@ -58,11 +58,12 @@ def ms_deform_attn_pytorch(
         grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
         # (N*M, D, Lq, P)
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        # weighted sum over points as a batched mat-vec: (N*M, Lq, D, P) @ (N*M, Lq, P, 1) -> (N*M, Lq, D)
-        level_out = torch.matmul(sampled.permute(0, 2, 1, 3), weights[:, :, level, :, None]).squeeze(-1)
+        # weighted sum over points in the sampled layout (N*M, D, Lq): no permuted copy, and a cheaper backward
+        # than a batched mat-vec on CPU
+        level_out = (sampled * weights[:, :, :, level]).sum(-1)
         output = level_out if output is None else output + level_out
-    # (N*M, Lq, D) -> (N, Lq, M*D)
-    return output.view(n, m, lq, d).transpose(1, 2).reshape(n, lq, m * d)
+    # (N*M, D, Lq) -> (N, Lq, M*D)
+    return output.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
 def _cuda_module():

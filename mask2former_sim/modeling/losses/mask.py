@@ -91,7 +91,8 @@ def get_uncertain_point_coords_with_randomness(
     point_uncertainties = uncertainty_func(point_logits)
     num_uncertain_points = int(importance_sample_ratio * num_points)
     num_random_points = num_points - num_uncertain_points
-    idx = torch.topk(point_uncertainties[:, 0, :], k=num_uncertain_points, dim=1)[1]
+    # the kept set is what matters (the losses average over points): unsorted top-k is about 2x faster on CPU
+    idx = torch.topk(point_uncertainties[:, 0, :], k=num_uncertain_points, dim=1, sorted=False)[1]
     idx = idx + num_sampled * torch.arange(num_boxes, dtype=torch.long, device=device)[:, None]
     point_coords = point_coords.view(-1, 2)[idx.view(-1), :].view(num_boxes, num_uncertain_points, 2)
     if num_random_points > 0:
@@ -140,7 +141,9 @@ def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
 def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Pairwise mean BCE between every predicted mask and every target mask.
 
-    C_qn = (1/P) Σ_p [BCE(x_qp, 1)·t_np + BCE(x_qp, 0)·(1 − t_np)]
+    C_qn = (1/P) Σ_p [BCE(x_qp, 1)·t_np + BCE(x_qp, 0)·(1 − t_np)] = (1/P) [Σ_p softplus(x_qp) − Σ_p x_qp·t_np]
+
+    (BCE(x, t) = softplus(x) − x·t for any t in [0, 1]), so one (Q, P) × (P, N) product gives the cost.
 
     Args:
         inputs: (Q, P) logits.
@@ -150,9 +153,7 @@ def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.
         (Q, N) cost.
     """
     num_points = inputs.shape[1]
-    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
-    cost = torch.einsum("qp,np->qn", pos, targets) + torch.einsum("qp,np->qn", neg, 1 - targets)
+    cost = F.softplus(inputs).sum(-1, keepdim=True) - inputs @ targets.transpose(0, 1)
     return cost / num_points
 
 
@@ -169,6 +170,6 @@ def batch_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         (Q, N) cost.
     """
     probs = inputs.sigmoid()
-    numerator = 2 * torch.einsum("qp,np->qn", probs, targets)
+    numerator = 2 * (probs @ targets.transpose(0, 1))
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
