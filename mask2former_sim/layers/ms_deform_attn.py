@@ -58,8 +58,7 @@ def ms_deform_attn_pytorch(
         grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
         # (N*M, D, Lq, P)
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        # weighted sum over points in the sampled layout (N*M, D, Lq): no permuted copy, and a cheaper backward
-        # than a batched mat-vec on CPU
+        # weighted sum over points in the sampled layout, without a permuted copy: (N*M, D, Lq)
         level_out = (sampled * weights[:, :, :, level]).sum(-1)
         output = level_out if output is None else output + level_out
     # (N*M, D, Lq) -> (N, Lq, M*D)

@@ -91,7 +91,7 @@ def get_uncertain_point_coords_with_randomness(
     point_uncertainties = uncertainty_func(point_logits)
     num_uncertain_points = int(importance_sample_ratio * num_points)
     num_random_points = num_points - num_uncertain_points
-    # the kept set is what matters (the losses average over points): unsorted top-k is about 2x faster on CPU
+    # only the kept set matters (the losses average over points), so the top-k is not sorted
     idx = torch.topk(point_uncertainties[:, 0, :], k=num_uncertain_points, dim=1, sorted=False)[1]
     idx = idx + num_sampled * torch.arange(num_boxes, dtype=torch.long, device=device)[:, None]
     point_coords = point_coords.view(-1, 2)[idx.view(-1), :].view(num_boxes, num_uncertain_points, 2)
