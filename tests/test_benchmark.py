@@ -92,7 +92,7 @@ def test_reduced_run_writes_every_table(tmp_path):
             "64",
             "--ab-opts",
             "MODEL.BACKBONE.CHANNELS_LAST",
-            "True",
+            "False",
             "--output-dir",
             str(out),
             "--opts",
@@ -109,10 +109,19 @@ def test_reduced_run_writes_every_table(tmp_path):
     assert transformers["ratio"] == pytest.approx(ours / theirs)
     assert report["inference"]["whole image"] > 0 and report["forward"]["seconds"] > 0
     assert set(report["scaling"]["instances"]) == {1, 30} and report["msda"]["pytorch forward ms"] > 0
-    assert report["ab"]["overrides"] == ["MODEL.BACKBONE.CHANNELS_LAST", "True"] and report["ab"]["ratio"] > 0
+    assert report["ab"]["overrides"] == ["MODEL.BACKBONE.CHANNELS_LAST", "False"] and report["ab"]["ratio"] > 0
     text = (out / "benchmark.md").read_text()
     headings = ("## Training step", "## A/B of config overrides", "## Data loading", "## Inference", "## Scaling")
     for heading in (*headings, "## Network forward"):
         assert heading in text
     assert "ours / transformers" in text and (out / "scaling.png").is_file()
     assert json.loads((out / "benchmark.json").read_text())["config"].endswith("sim_m2f_synthetic_tiny.yaml")
+
+
+def test_inference_only_run_times_no_training(tmp_path):
+    config = os.path.join(REPO, "configs", "cpu", "sim_m2f_synthetic_tiny.yaml")
+    opts = ["--opts", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10"]
+    report = benchmark.main(["--config-file", config, "--smoke", "--modes", "--output-dir", str(tmp_path), *opts])
+    assert report["training"] == {} and "data" not in report
+    assert report["inference"]["images"] == 1 and report["inference"]["whole image"] > 0
+    assert "## Training step" not in (tmp_path / "benchmark.md").read_text()
