@@ -277,7 +277,7 @@ class MaskFormer(nn.Module):
         losses = self.criterion(outputs, targets, indices, iteration)
         return apply_loss_weights(losses, self.criterion.weight_dict)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(
         self, batched_inputs: List[Dict[str, Any]], score_threshold: float = 0.0
     ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
@@ -292,7 +292,7 @@ class MaskFormer(nn.Module):
             return self.inference(batched_inputs, score_threshold)
         return self.sliding_window_inference(batched_inputs, score_threshold)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def inference(
         self, batched_inputs: List[Dict[str, Any]], score_threshold: float = 0.0
     ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
@@ -315,7 +315,7 @@ class MaskFormer(nn.Module):
             results.append({"instances": instances})
         return results
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sliding_window_inference(
         self, batched_inputs: List[Dict[str, Any]], score_threshold: float = 0.0
     ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
