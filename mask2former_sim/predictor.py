@@ -49,6 +49,5 @@ class Predictor:
         height, width = image.shape[:2]
         resized = self.resize.get_transform(height, width, np.random.default_rng(0)).apply_image(image)
         tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        with torch.no_grad():
-            outputs = self.model.predict([{"image": tensor, "height": height, "width": width}], score_threshold)
+        outputs = self.model.predict([{"image": tensor, "height": height, "width": width}], score_threshold)
         return {k: v.detach().cpu() for k, v in outputs[0]["instances"].items()}

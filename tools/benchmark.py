@@ -714,12 +714,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "",
     ]
     # the same batches for every mode, decoded with masks when mask supervision is timed (box and SIM ignore them)
-    loader_mode = "mask" if "mask" in args.modes or args.compare_transformers or not args.modes else args.modes[0]
-    batches = (
-        prefetch(mode_cfg(args.config_file, loader_mode, args.device, args.opts), 1 if args.smoke else args.batches)
-        if args.modes or args.compare_transformers
-        else []
-    )
+    batches: List[Any] = []
+    if args.modes or args.compare_transformers:
+        loader_mode = "mask" if "mask" in args.modes or args.compare_transformers else args.modes[0]
+        batches = prefetch(
+            mode_cfg(args.config_file, loader_mode, args.device, args.opts), 1 if args.smoke else args.batches
+        )
     training: Dict[str, Dict[str, Any]] = {}
     for mode in args.modes:
         training[mode] = time_training(mode_cfg(args.config_file, mode, args.device, args.opts), batches, warmup, steps)
