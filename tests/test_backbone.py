@@ -8,11 +8,11 @@ import timm
 import torch
 import torchvision
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling.backbone import ShapeSpec, build_backbone, load_backbone_weights
 from mask2former_sim.modeling.backbone.checkpoint import load_backbone_state_dict, resize_relative_position_bias_table
+from mask2former_sim.modeling.backbone.fold_frozen_bn import FoldedFrozenBatchNorm
 
 
 def _cfg(name, **swin):
@@ -38,7 +38,8 @@ def test_resnet18_pyramid_and_frozen_bn():
     backbone = build_backbone(_cfg("resnet18"))
     _check_pyramid(backbone, torch.randn(1, 3, 64, 96), [64, 128, 256, 512])
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
-    assert sum(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules()) == 20
+    # every frozen norm follows its convolution: all 20 are folded into it
+    assert sum(isinstance(m, FoldedFrozenBatchNorm) for m in backbone.modules()) == 20
     cfg = _cfg("resnet18")
     cfg.MODEL.BACKBONE.FREEZE_BN = False
     assert any(isinstance(m, nn.BatchNorm2d) for m in build_backbone(cfg).modules())

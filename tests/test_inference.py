@@ -37,7 +37,7 @@ class StubDecoder(nn.Module):
         self.logits = nn.Parameter(torch.randn(NUM_QUERIES, NUM_CLASSES + 1))
         self.embed = nn.Parameter(torch.randn(NUM_QUERIES, DIM))
 
-    def forward(self, x, mask_features, mask=None):
+    def forward(self, x, mask_features, mask=None, all_heads=True):
         masks = torch.einsum("qc,bchw->bqhw", self.embed, mask_features)
         return {
             "pred_logits": self.logits[None].expand(mask_features.shape[0], -1, -1),

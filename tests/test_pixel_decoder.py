@@ -69,3 +69,11 @@ def test_sine_encoding_hand_value():
         math.cos(x / 100),
     ]
     assert torch.allclose(out[0, :, 1, 2], torch.tensor(expected), atol=1e-5)
+
+
+def test_sine_encoding_without_mask_is_the_same_for_every_image():
+    pe = PositionEmbeddingSine(num_pos_feats=4, normalize=True)
+    out = pe(torch.zeros(3, 1, 2, 4))
+    explicit = pe(torch.zeros(3, 1, 2, 4), mask=torch.zeros(3, 2, 4, dtype=torch.bool))
+    assert out.shape == (3, 8, 2, 4)
+    assert torch.equal(out, explicit)

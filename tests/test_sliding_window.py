@@ -31,6 +31,12 @@ def encode_labels(labels):
     return torch.from_numpy(image)
 
 
+def tight_box(mask):
+    """XYXY box (exclusive ends) of a non-empty bool mask, by its foreground coordinates."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
 def fake_infer(inputs):
     """An exact 'model': one instance per label visible in the tile, class = label % 3, score from the label."""
     outputs = []
@@ -46,7 +52,7 @@ def fake_infer(inputs):
             {
                 "instances": {
                     "pred_masks": masks,
-                    "pred_boxes": torch.zeros(len(ids), 4),
+                    "pred_boxes": torch.tensor([tight_box(m) for m in masks], dtype=torch.float32).reshape(-1, 4),
                     "scores": torch.tensor([0.5 + 0.005 * i for i in ids]),
                     "pred_classes": torch.tensor([i % 3 for i in ids], dtype=torch.int64),
                 }

@@ -68,6 +68,9 @@ def test_attention_mask_is_sigmoid_below_half_at_next_level():
         for h in range(4):
             assert torch.equal(attn_mask[b * 4 + h], expected[b])
     assert not attn_mask.requires_grad
+    # a head without predictions gets it from the resized mask features (resize(e·F) = e·resize(F))
+    at_level = torch.nn.functional.interpolate(mask_features, size=(4, 6), mode="bilinear", align_corners=False)
+    assert torch.equal(decoder.attention_mask(queries, at_level), attn_mask)
 
 
 def test_fully_masked_queries_attend_everywhere():
@@ -83,3 +86,19 @@ def test_fully_masked_queries_attend_everywhere():
 def test_without_classification():
     out = _decoder(dec_layers=2, mask_classification=False)(*_inputs())
     assert out["pred_logits"] is None and len(out["aux_outputs"]) == 1
+
+
+def test_last_head_only_gives_the_same_predictions():
+    # inference: the other heads give only attention masks, from the mask features resized to each level
+    decoder = _decoder(dec_layers=5)
+    x, mask_features = _inputs()
+    every = decoder(x, mask_features)
+    last = decoder(x, mask_features, all_heads=False)
+    assert last["aux_outputs"] == []
+    assert torch.allclose(last["pred_logits"], every["pred_logits"], atol=1e-5)
+    assert torch.allclose(last["pred_masks"], every["pred_masks"], atol=1e-5)
+
+
+def test_last_head_has_no_attention_mask():
+    _, masks, attn_mask = _decoder().forward_prediction_heads(torch.randn(6, 2, 32), torch.randn(2, 16, 16, 24), None)
+    assert attn_mask is None and masks.shape == (2, 6, 16, 24)

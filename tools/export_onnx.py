@@ -52,7 +52,7 @@ class ExportedNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = (images - self.model.pixel_mean) / self.model.pixel_std
-        outputs = self.model.forward_network(x)
+        outputs = self.model.forward_network(x, all_heads=False)
         return outputs["pred_logits"], outputs["pred_masks"]
 
 

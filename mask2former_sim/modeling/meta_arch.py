@@ -226,15 +226,15 @@ class MaskFormer(nn.Module):
             images.append((image.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std)
         return pad_images(images, self.size_divisibility)
 
-    def forward_network(self, images: torch.Tensor) -> Dict[str, Any]:
+    def forward_network(self, images: torch.Tensor, all_heads: bool = True) -> Dict[str, Any]:
         """Backbone → pixel decoder → transformer decoder on a padded batch (B, 3, Hp, Wp).
 
-        Returns the transformer decoder's outputs (``pred_logits``, ``pred_masks``, ``aux_outputs``) and the
-        pixel decoder's ``mask_features`` (B, D, Hp/4, Wp/4).
+        Returns the transformer decoder's outputs (``pred_logits``, ``pred_masks``, ``aux_outputs``: empty
+        unless ``all_heads``) and the pixel decoder's ``mask_features`` (B, D, Hp/4, Wp/4).
         """
         features = self.backbone(images)
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
-        outputs = self.transformer_decoder(multi_scale_features, mask_features)
+        outputs = self.transformer_decoder(multi_scale_features, mask_features, all_heads=all_heads)
         outputs["mask_features"] = mask_features
         return outputs
 
@@ -298,7 +298,7 @@ class MaskFormer(nn.Module):
     ) -> List[Dict[str, Dict[str, torch.Tensor]]]:
         """Per-image instances at ("height", "width") (default: the input image size); see :meth:`predict`."""
         images, image_sizes = self.preprocess_images(batched_inputs)
-        outputs = self.forward_network(images)
+        outputs = self.forward_network(images, all_heads=False)
         padded_size = tuple(images.shape[-2:])
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, image_sizes)):

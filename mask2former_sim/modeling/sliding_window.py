@@ -25,8 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .postprocessing import masks_to_boxes
-
 logger = logging.getLogger(__name__)
 
 InferFn = Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]
@@ -109,9 +107,8 @@ def _collect_tile_instances(
     found = []
     for k, (out, tile) in enumerate(zip(outputs, tiles)):
         inst = out["instances"]
-        masks_t = inst["pred_masks"].detach().to("cpu", torch.bool)
-        boxes = masks_to_boxes(masks_t).long().tolist()
-        masks = masks_t.numpy()
+        masks = inst["pred_masks"].detach().to("cpu", torch.bool).numpy()
+        boxes = inst["pred_boxes"].detach().cpu().long().tolist()  # tight boxes of the masks
         scores = inst["scores"].detach().cpu().tolist()
         labels = inst["pred_classes"].detach().cpu().tolist()
         tx1, ty1, tx2, ty2 = tile
@@ -212,7 +209,7 @@ def sliding_window_inference(
     Args:
         infer_fn: the model's ordinary per-image inference; takes a list of tile inputs
             ``{"image": uint8 (3, th, tw), "height": th, "width": tw}`` and returns ``[{"instances": {...}}]`` with
-            masks at tile size.
+            masks at tile size and their tight boxes (``pred_boxes``).
         image: uint8 (3, H, W), the image as the model sees it (already resized).
         height, width: original image size; the returned masks are resized to it.
         tile_size, stride: tile side and distance between tile origins, in ``image`` pixels.
@@ -259,6 +256,26 @@ def bilinear_weights(in_size: int, out_size: int) -> torch.Tensor:
     return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[0].T.contiguous()
 
 
+def _reach(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """For (out, in) resize weights: per input index, the first output index with a nonzero weight on it and one
+    past the last; an input index no output reaches gets (out, 0), which no range reduction picks."""
+    nonzero = weights > 0
+    reached = nonzero.any(0)
+    first = np.where(reached, nonzero.argmax(0), weights.shape[0])
+    last = np.where(reached, weights.shape[0] - nonzero[::-1].argmax(0), 0)
+    return first, last
+
+
+def _tight_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """x1, y1, x2, y2 (exclusive ends) of a bool mask's foreground; (0, 0, 0, 0) when it is empty."""
+    rows, cols = mask.any(1), mask.any(0)
+    if not rows.any():
+        return 0, 0, 0, 0
+    y1, y2 = int(rows.argmax()), len(rows) - int(rows[::-1].argmax())
+    x1, x2 = int(cols.argmax()), len(cols) - int(cols[::-1].argmax())
+    return x1, y1, x2, y2
+
+
 def _assemble(kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
     """Paste the kept instances into (N, height, width) masks (bilinear resize of the binary mask, > 0.5).
 
@@ -267,26 +284,27 @@ def _assemble(kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tupl
     """
     masks = torch.zeros(len(kept), out_hw[0], out_hw[1], dtype=torch.bool)
     boxes = torch.zeros(len(kept), 4, dtype=torch.float32)
+    masks_np, boxes_np = masks.numpy(), boxes.numpy()
     resize = tuple(image_hw) != tuple(out_hw)
     if resize and kept:
-        weights_y = bilinear_weights(image_hw[0], out_hw[0])
-        weights_x = bilinear_weights(image_hw[1], out_hw[1])
+        weights_y = bilinear_weights(image_hw[0], out_hw[0]).numpy()
+        weights_x = bilinear_weights(image_hw[1], out_hw[1]).numpy()
+        first_y, last_y = _reach(weights_y)
+        first_x, last_x = _reach(weights_x)
     for k, c in enumerate(kept):
         x1, y1, x2, y2 = c.box
-        mask = torch.from_numpy(c.mask)
+        mask = c.mask
         if resize:
-            wy, wx = weights_y[:, y1:y2], weights_x[:, x1:x2]
-            rows = torch.nonzero(wy.sum(1) > 0)[:, 0]
-            cols = torch.nonzero(wx.sum(1) > 0)[:, 0]
-            if len(rows) == 0 or len(cols) == 0:
+            oy1, oy2 = int(first_y[y1:y2].min()), int(last_y[y1:y2].max())
+            ox1, ox2 = int(first_x[x1:x2].min()), int(last_x[x1:x2].max())
+            if oy2 <= oy1 or ox2 <= ox1:
                 continue
-            oy1, oy2, ox1, ox2 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-            mask = (wy[oy1:oy2] @ mask.float() @ wx[ox1:ox2].T) > 0.5
-            x1, y1, x2, y2 = ox1, oy1, ox2, oy2
-        masks[k, y1:y2, x1:x2] = mask
-        box = masks_to_boxes(mask[None])[0]
-        if box[2] > box[0]:
-            boxes[k] = box + torch.tensor([x1, y1, x1, y1], dtype=torch.float32)
+            mask = (weights_y[oy1:oy2, y1:y2] @ mask.astype(np.float32) @ weights_x[ox1:ox2, x1:x2].T) > 0.5
+            x1, y1 = ox1, oy1
+        masks_np[k, y1 : y1 + mask.shape[0], x1 : x1 + mask.shape[1]] = mask
+        bx1, by1, bx2, by2 = _tight_box(mask)
+        if bx2 > bx1:
+            boxes_np[k] = (bx1 + x1, by1 + y1, bx2 + x1, by2 + y1)
     return {
         "pred_masks": masks,
         "pred_boxes": boxes,

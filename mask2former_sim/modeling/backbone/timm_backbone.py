@@ -21,6 +21,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from ...layers.shape_spec import ShapeSpec
+from .fold_frozen_bn import fold_frozen_batch_norms
 
 __all__ = ["TimmBackbone", "freeze_batch_norm", "resolve_backbone_name", "timm_kwargs_from_config"]
 
@@ -114,7 +115,8 @@ class TimmBackbone(nn.Module):
             model_name: timm model name (``resnet50``, ``swin_tiny_patch4_window7_224``, ...).
             out_features: subset of res2..res5 to return.
             pretrained: let timm download ImageNet weights (``MODEL.BACKBONE.ALLOW_DOWNLOAD``).
-            freeze_bn: replace batch norms by frozen ones (detectron2 FrozenBN, as Mask2Former's ResNet).
+            freeze_bn: replace batch norms by frozen ones (detectron2 FrozenBN, as Mask2Former's ResNet), folded
+                into the convolutions before them (:mod:`.fold_frozen_bn`: the same function, one pass fewer).
             output_norm: a LayerNorm on every returned feature (Mask2Former's D2SwinTransformer ``norm0..3``; not
                 part of ImageNet checkpoints, so they start at identity).
             grad_checkpointing: recompute stage activations in backward (``MODEL.SWIN.USE_CHECKPOINT``).
@@ -144,6 +146,7 @@ class TimmBackbone(nn.Module):
         self.nhwc = str(getattr(self.model, "output_fmt", "NCHW")).endswith("NHWC")
         if freeze_bn:
             freeze_batch_norm(self.model)
+            fold_frozen_batch_norms(self.model)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.channels_last = bool(channels_last) and not self.nhwc

@@ -39,10 +39,16 @@ class PositionEmbeddingSine(nn.Module):
         """Encoding for a feature map x (B, C, H, W), padding ``mask`` (B, H, W) True = padded.
 
         Returns:
-            (B, 2 * num_pos_feats, H, W) float32.
+            (B, 2 * num_pos_feats, H, W) float32; without a ``mask`` the encoding of one image, expanded over the
+            batch (a view: every image has the same one).
         """
         if mask is None:
-            mask = torch.zeros((x.shape[0], x.shape[2], x.shape[3]), device=x.device, dtype=torch.bool)
+            mask = torch.zeros((1, x.shape[2], x.shape[3]), device=x.device, dtype=torch.bool)
+            return self._encode(mask).expand(x.shape[0], -1, -1, -1)
+        return self._encode(mask)
+
+    def _encode(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * num_pos_feats, H, W) for a padding mask (B, H, W)."""
         not_mask = ~mask
         y_embed = not_mask.cumsum(1, dtype=torch.float32)
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
@@ -51,7 +57,7 @@ class PositionEmbeddingSine(nn.Module):
             y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
             x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
 
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
 
         pos_x = x_embed[:, :, :, None] / dim_t

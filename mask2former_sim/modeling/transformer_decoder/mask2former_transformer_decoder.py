@@ -5,6 +5,11 @@ layer i attends to level ``i % 3`` of the pixel decoder's features (stride 32, 1
 first layer and after every layer a prediction head gives class logits and mask logits
 (``einsum(mask_embed(q), mask_features)``); the head's masks, resized to the next layer's level and thresholded at
 sigmoid 0.5, become that layer's attention mask (a query attends only inside its predicted foreground).
+
+Inference needs only the last head (``all_heads=False``): the other heads then give only their attention masks,
+computed at the level's size from the mask features resized to it. Bilinear resizing is linear, so
+``resize(einsum(e, F)) = einsum(e, resize(F))``: the same masks (up to float rounding) without the full-size mask
+logits of every query at every head.
 """
 
 from __future__ import annotations
@@ -108,7 +113,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         )
 
     def forward(
-        self, x: List[torch.Tensor], mask_features: torch.Tensor, mask: Optional[torch.Tensor] = None
+        self,
+        x: List[torch.Tensor],
+        mask_features: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        all_heads: bool = True,
     ) -> Dict[str, object]:
         """Decode the queries.
 
@@ -116,6 +125,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             x: 3 feature maps (B, C, h, w) at strides 32, 16, 8.
             mask_features: (B, mask_dim, H/4, W/4).
             mask: padding mask, accepted for Mask2Former's signature; padding is not masked (as Mask2Former).
+            all_heads: the predictions of every head (training, the SIM teacher); False: of the last head only
+                (inference), ``aux_outputs`` is then empty.
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4),
@@ -137,30 +148,35 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
-        predictions_class, predictions_mask = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, size_list[0])
-        predictions_class.append(outputs_class)
-        predictions_mask.append(outputs_mask)
+        level_features = None
+        if not all_heads:  # the mask features at each level's size, for the attention masks only
+            level_features = [
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in size_list
+            ]
 
-        for i in range(self.num_layers):
-            level_index = i % self.num_feature_levels
-            # a query whose predicted mask is empty at this level attends everywhere instead of nowhere
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
-            output = self.transformer_cross_attention_layers[i](
-                output,
-                src[level_index],
-                memory_mask=attn_mask,
-                memory_key_padding_mask=None,
-                pos=pos[level_index],
-                query_pos=query_embed,
-            )
-            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
-            output = self.transformer_ffn_layers[i](output)
-            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, size_list[(i + 1) % self.num_feature_levels]
-            )
-            predictions_class.append(outputs_class)
-            predictions_mask.append(outputs_mask)
+        predictions_class, predictions_mask = [], []
+        attn_mask: Optional[torch.Tensor] = None  # the previous head's, for the next layer
+        for i in range(self.num_layers + 1):
+            if i > 0:
+                level_index = (i - 1) % self.num_feature_levels
+                output = self.transformer_cross_attention_layers[i - 1](
+                    output,
+                    src[level_index],
+                    memory_mask=attn_mask,
+                    memory_key_padding_mask=None,
+                    pos=pos[level_index],
+                    query_pos=query_embed,
+                )
+                output = self.transformer_self_attention_layers[i - 1](output, query_pos=query_embed)
+                output = self.transformer_ffn_layers[i - 1](output)
+            last = i == self.num_layers
+            next_size = None if last else size_list[i % self.num_feature_levels]
+            if all_heads or last:
+                outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, next_size)
+                predictions_class.append(outputs_class)
+                predictions_mask.append(outputs_mask)
+            else:
+                attn_mask = self.attention_mask(output, level_features[i % self.num_feature_levels])
 
         return {
             "pred_logits": predictions_class[-1],
@@ -171,24 +187,39 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         }
 
     def forward_prediction_heads(
-        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Tuple[int, int]
-    ) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Optional[Tuple[int, int]]
+    ) -> Tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
         """One prediction head.
 
         Args:
             output: queries (Q, B, d).
             mask_features: (B, mask_dim, H/4, W/4).
-            attn_mask_target_size: (h, w) of the level the next layer attends to.
+            attn_mask_target_size: (h, w) of the level the next layer attends to; None for the last head (no
+                next layer, no attention mask).
 
         Returns:
-            class logits (B, Q, K+1) or None, mask logits (B, Q, H/4, W/4), attention mask
-            (B * heads, Q, h * w) bool, True = not attended (sigmoid < 0.5), detached.
+            class logits (B, Q, K+1) or None, mask logits (B, Q, H/4, W/4), attention mask (see
+            :meth:`_attention_mask`) or None.
         """
         decoder_output = self.decoder_norm(output).transpose(0, 1)
         outputs_class = self.class_embed(decoder_output) if self.mask_classification else None
         mask_embed = self.mask_embed(decoder_output)
         outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        if attn_mask_target_size is None:
+            return outputs_class, outputs_mask, None
+        resized = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
+        return outputs_class, outputs_mask, self._attention_mask(resized)
 
-        attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
-        attn_mask = attn_mask.sigmoid().flatten(2).unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1) < 0.5
-        return outputs_class, outputs_mask, attn_mask.detach()
+    def attention_mask(self, output: torch.Tensor, level_features: torch.Tensor) -> torch.Tensor:
+        """The attention mask of a head whose predictions are not needed: its mask logits at the next level's
+        size straight from the mask features resized to that size, ``level_features`` (B, mask_dim, h, w)."""
+        mask_embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))
+        return self._attention_mask(torch.einsum("bqc,bchw->bqhw", mask_embed, level_features))
+
+    def _attention_mask(self, mask_logits: torch.Tensor) -> torch.Tensor:
+        """(B * heads, Q, h * w) bool from mask logits (B, Q, h, w) at a level's size, detached: True = not
+        attended (sigmoid < 0.5). A query whose predicted mask is empty at this level attends everywhere instead
+        of nowhere."""
+        attn_mask = mask_logits.detach().sigmoid().flatten(2) < 0.5
+        attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
+        return attn_mask.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
