@@ -9,8 +9,8 @@ and gradients reach the convolution's weights exactly as before.
 The state dict does not change: the convolution keeps its ``weight``/``bias`` under its own name and the norm
 stays where it was, with its buffers, applying only its activation. A convolution and a frozen norm are paired
 when the norm is the convolution's next sibling module (timm's EfficientNet and ResNet blocks register them in
-the order they are called); :func:`fold_frozen_batch_norms` checks the folded network against the unfolded one
-on a random input and undoes the fold if they differ.
+the order they are called); :func:`fold_frozen_batch_norms` first folds a copy and compares it with the unfolded
+copy on a random input, and leaves the model unfolded if they differ.
 """
 
 from __future__ import annotations
