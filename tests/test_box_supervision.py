@@ -10,9 +10,10 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
-from mask2former_sim.modeling.box_supervision import BoxInstLoss, BoxProjectionCost, pairwise_warmup_factor
+from mask2former_sim.modeling.box_supervision import BoxInstLoss, BoxProjectionCost
 from mask2former_sim.modeling.criterion import LossContext
 from mask2former_sim.modeling.matcher import HungarianMatcher
+from mask2former_sim.modeling.pairwise_schedule import PairwiseSchedule, pairwise_warmup_factor
 from mask2former_sim.modeling.targets import box_targets
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "tiny-overfit.yaml"
@@ -101,7 +102,9 @@ def test_boxinst_loss_matches_hand_assembly():
     torch.manual_seed(0)
     pred_masks = torch.randn(1, 3, 8, 8)
     indices = [(torch.tensor([2, 0]), torch.tensor([0, 1]))]
-    loss_fn = BoxInstLoss(color_thresh=0.3, kernel_size=3, dilation=2, warmup_iters=100)
+    loss_fn = BoxInstLoss(
+        color_thresh=0.3, kernel_size=3, dilation=2, schedule=PairwiseSchedule(start_iter=0, warmup_iters=100)
+    )
     out = loss_fn({"pred_masks": pred_masks}, [target], indices, LossContext(num_masks=2.0, iteration=50))
     from mask2former_sim.modeling.losses.boxinst import compute_pairwise_term, compute_project_term
 
@@ -114,7 +117,9 @@ def test_boxinst_loss_matches_hand_assembly():
     assert out["loss_proj"].item() == pytest.approx(proj.item())
     assert out["loss_pairwise"].item() == pytest.approx(0.5 * (total / count).item())
     # START_ITER: the same loss is 0 before it and 0.3 of the full term 30 iterations after it
-    late = BoxInstLoss(color_thresh=0.3, kernel_size=3, dilation=2, warmup_iters=100, start_iter=400)
+    late = BoxInstLoss(
+        color_thresh=0.3, kernel_size=3, dilation=2, schedule=PairwiseSchedule(start_iter=400, warmup_iters=100)
+    )
     before = late({"pred_masks": pred_masks}, [target], indices, LossContext(num_masks=2.0, iteration=399))
     assert before["loss_pairwise"].item() == 0.0
     after = late({"pred_masks": pred_masks}, [target], indices, LossContext(num_masks=2.0, iteration=430))

@@ -135,11 +135,11 @@ def test_cpu_box_config_builds_a_box_model():
     criterion = model.criterion
     assert criterion.family_names == ["labels", "boxinst"]
     assert isinstance(criterion.family("boxinst"), BoxInstLoss)
-    assert criterion.family("boxinst").warmup_iters == 100
+    assert criterion.family("boxinst").schedule.warmup_iters == 100
     assert isinstance(criterion.matcher.cost, BoxProjectionCost)
     num_heads = cfg.MODEL.MASK_FORMER.DEC_LAYERS
     # BoxInst's pairwise term, after projection alone for the first half of the run (docs/RESULTS.md)
-    assert criterion.family("boxinst").start_iter == 400
+    assert criterion.family("boxinst").schedule.start_iter == 400
     for key, weight in (("loss_ce", 2.0), ("loss_proj", 5.0), ("loss_pairwise", 5.0)):
         assert criterion.weight_dict[key] == weight
         assert criterion.weight_dict[f"{key}_{num_heads - 2}"] == weight

@@ -4,9 +4,9 @@ resolution, the bank stores copies."""
 import pytest
 import torch
 
+from mask2former_sim.modeling.losses.boxinst import box_raster
 from mask2former_sim.modeling.sim.memory_bank import (
     MemoryBank,
-    box_raster,
     decode_masks,
     encode_masks,
     num_instances_to_paste,

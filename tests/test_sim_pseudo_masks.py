@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mask2former_sim.modeling.box_fit import mask_box_iou
 from mask2former_sim.modeling.losses.sim import weighted_bce_with_logits, weighted_dice_loss, weighted_mask_loss
 from mask2former_sim.modeling.sim.pseudo_masks import (
     dynamic_tau_high,
@@ -13,8 +14,8 @@ from mask2former_sim.modeling.sim.pseudo_masks import (
     fuse_maps,
     gather_positives,
     instance_maps,
-    mask_box_iou,
     mask_score,
+    split_region_weights,
     threshold_pseudo_mask,
 )
 
@@ -197,3 +198,26 @@ def test_loss_normalised_by_number_of_instances(num):
     assert math.isclose(
         float(weighted_bce_with_logits(logits, targets, torch.ones(2, 5), num)), 2 * float(one) / num, rel_tol=1e-6
     )
+
+
+def test_box_split_bce_is_half_the_in_box_mean_plus_half_the_outside_mean():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 6, generator=generator)
+    labels = (torch.rand(2, 6, 6, generator=generator) > 0.5).float()
+    certain = (torch.rand(2, 6, 6, generator=generator) > 0.3).float()
+    region = torch.zeros(2, 6, 6, dtype=torch.bool)
+    region[:, 1:3, 2:5] = True  # a small box: 6 of 36 pixels
+    weights = split_region_weights(certain, region)
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    for k in range(2):
+        inside, outside = (certain[k] > 0) & region[k], (certain[k] > 0) & ~region[k]
+        expected = 0.5 * bce[k][inside].mean() + 0.5 * bce[k][outside].mean()
+        got = weighted_bce_with_logits(logits[k : k + 1], labels[k : k + 1], weights[k : k + 1], 1.0)
+        torch.testing.assert_close(got, expected)
+    # the dice term sees the same pixels as with the binary weights
+    torch.testing.assert_close(
+        weighted_dice_loss(logits, labels, weights, 2.0), weighted_dice_loss(logits, labels, certain, 2.0)
+    )
+    # no certain pixel outside: all the weight goes inside
+    only_inside = split_region_weights(certain * region, region)
+    torch.testing.assert_close(only_inside.flatten(1).sum(1), torch.ones(2))

@@ -11,9 +11,10 @@ from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
 from mask2former_sim.modeling.box_supervision import BoxInstLoss
 from mask2former_sim.modeling.criterion import LossContext
+from mask2former_sim.modeling.losses.boxinst import box_raster
 from mask2former_sim.modeling.losses.sim import weighted_mask_loss
 from mask2former_sim.modeling.sim.losses import paste_loss_family, pseudo_mask_loss_family
-from mask2former_sim.modeling.sim.memory_bank import box_raster, decode_masks
+from mask2former_sim.modeling.sim.memory_bank import decode_masks
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
 
@@ -230,6 +231,46 @@ def test_pseudo_and_paste_families_by_hand():
     # before START_ITER there are no pseudo targets: the family emits an exact zero
     no_pseudo = {k: v for k, v in target.items() if not k.startswith("pseudo")}
     assert float(pseudo_mask_loss_family()(outputs, [no_pseudo], indices, context)["loss_pseudo"]) == 0.0
+
+
+def test_pseudo_loss_divides_by_the_originals_and_paste_loss_by_the_pasted():
+    """Eq. 8 normalises over the positives (the original instances), Eq. 9 over the pasted ones: with 3 originals
+    and 1 pasted instance the criterion gives the families 3 and 1, not the batch's 4."""
+    model = build_model(_cfg())
+    criterion = model.criterion
+    generator = torch.Generator().manual_seed(1)
+    n, h, w = 4, 4, 4
+    target = {
+        "labels": torch.zeros(n, dtype=torch.int64),
+        "pasted": torch.tensor([False, False, True, False]),
+        "pseudo_labels": (torch.rand(n, h, w, generator=generator) > 0.5).float(),
+        "pseudo_weights": torch.ones(n, h, w),
+        "paste_masks": (torch.rand(n, h, w, generator=generator) > 0.5).float(),
+        "paste_weights": torch.ones(n, h, w),
+        "box_masks": torch.ones(n, h, w),
+        "color_similarity": torch.zeros(8, h, w),
+    }
+    queries = torch.tensor([3, 0, 1, 2])
+    outputs = {
+        "pred_logits": torch.randn(1, 5, 4, generator=generator),
+        "pred_masks": torch.randn(1, 5, h, w, generator=generator),
+    }
+    losses = criterion(outputs, [target], [[(queries, torch.arange(n))]], iteration=0)
+    logits = outputs["pred_masks"][0, queries]
+    original = ~target["pasted"]
+    expected_pseudo = (
+        sum(
+            weighted_mask_loss(
+                logits[k : k + 1], target["pseudo_labels"][k : k + 1], target["pseudo_weights"][k : k + 1], 1.0
+            )
+            for k in range(n)
+            if original[k]
+        )
+        / 3.0
+    )
+    expected_paste = weighted_mask_loss(logits[2:3], target["paste_masks"][2:3], target["paste_weights"][2:3], 1.0)
+    torch.testing.assert_close(losses["loss_pseudo"], expected_pseudo)
+    torch.testing.assert_close(losses["loss_paste"], expected_paste)
 
 
 @pytest.mark.parametrize("positives", ["all_heads", "last_head"])

@@ -40,7 +40,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from mask2former_sim.data.coco import read_image, segmentation_to_rle
-from mask2former_sim.modeling.sim.memory_bank import box_raster
+from mask2former_sim.modeling.losses.boxinst import box_raster
 
 logger = logging.getLogger("mask2former_sim.label_boxes")
 

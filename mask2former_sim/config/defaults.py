@@ -125,6 +125,10 @@ _C.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS = 10000  # linear warm-up of the pairwise
 # the pairwise term drives every cell towards the side of 0.5 it is on: started before the masks are formed it
 # empties them into outlines (docs/RESULTS.md); the CPU configs start it at half the run
 _C.MODEL.BOXINST.PAIRWISE.START_ITER = 0  # the pairwise warm-up starts here; projection alone before (BoxInst: 0)
+# > 0: the warm-up starts at the first iteration >= START_ITER at which the running mean of the final head's matched
+# masks' box IoU reaches this (the masks have formed; modeling/pairwise_schedule.py)
+_C.MODEL.BOXINST.PAIRWISE.START_BOX_IOU = 0.0  # 0: the warm-up starts at START_ITER
+_C.MODEL.BOXINST.PAIRWISE.BOX_IOU_MOMENTUM = 0.98  # EMA momentum of that running mean (a ~50-iteration time constant)
 _C.MODEL.BOXINST.MATCHER = _FvCfgNode()
 _C.MODEL.BOXINST.MATCHER.COST_CLASS = 2.0  # weight of -p_cls in the box matching cost
 _C.MODEL.BOXINST.MATCHER.COST_PROJECTION = 5.0  # weight of the batched projection-dice cost
@@ -145,6 +149,8 @@ _C.MODEL.SIM.DYNAMIC_TAU_HIGH = False  # per-instance τ_high from the M_I pixel
 _C.MODEL.SIM.DYNAMIC_TAU_RANGE = [0.7, 0.8]  # clamp range of the dynamic τ_high (official code)
 # "ignore" (weight 0, the official code) lets Mask2Former's masks grow past their boxes (docs/RESULTS.md §2)
 _C.MODEL.SIM.OUTSIDE_BOX = "background"  # pseudo loss outside the GT box: "background" (certain) or "ignore"
+# Eq. 8's BCE: "image" = a mean over every certain pixel; "box_split" = half over those inside the box, half outside
+_C.MODEL.SIM.PSEUDO_BCE_NORMALISATION = "image"  # "image" or "box_split"
 _C.MODEL.SIM.INSTANCE_MAP_THRESH = 0.7  # M_I > this inside the box: prototype pixels before START_ITER (official code)
 _C.MODEL.SIM.POSITIVES = "all_heads"  # Eq. 6 positives: matched query of "all_heads" or the "last_head" only
 _C.MODEL.SIM.START_ITER = 10000  # pseudo and paste losses from this iteration on (paper: 10k of 90k)

@@ -16,6 +16,9 @@ Built-in names and where they look (environment variables are read when a name i
 ``nuclei_{train,val,all}``                ``$M2F_SIM_SHARED_DATA/dsb2018-nuclei/annotations/instances_*.json``,
                                           images in ``dsb2018-nuclei/images/`` (default ``<repo>/../shared/data``)
 ``coco_subset_128``                       ``$M2F_SIM_SHARED_DATA/coco-subset-128`` (128 COCO train images)
+``feral_cats_{train,val}``                ``$M2F_SIM_SHARED_DATA/feral-cats/annotations/instances_*.json``, images
+                                          in ``feral-cats/images/`` (photographs, one class; rebuilt from the
+                                          public YOLOv8-seg export by ``tools/convert_yolo_seg.py``)
 ``synthetic_{train,val}``                 generated on first use into ``$M2F_SIM_DATASETS/synthetic``
 ``synthetic_lowcontrast_{train,val}``     the same with object colours close to the background,
                                           ``$M2F_SIM_DATASETS/synthetic_lowcontrast`` (default ``<repo>/datasets``)
@@ -197,6 +200,12 @@ def _register_builtins() -> None:
             f"nuclei_{split}",
             lambda s=split: os.path.join(shared_data_root(), "dsb2018-nuclei", "annotations", f"instances_{s}.json"),
             lambda: os.path.join(shared_data_root(), "dsb2018-nuclei", "images"),
+        )
+    for split in ("train", "val"):
+        _register_lazy(
+            f"feral_cats_{split}",
+            lambda s=split: os.path.join(shared_data_root(), "feral-cats", "annotations", f"instances_{s}.json"),
+            lambda: os.path.join(shared_data_root(), "feral-cats", "images"),
         )
     _register_lazy(
         "coco_subset_128",

@@ -121,6 +121,7 @@ class TrainingProgress:
         self.log_period = max(int(log_period), 1)
         self.start_iter = start_iter
         self.losses: Dict[str, SmoothedValue] = {}
+        self.statistics: Dict[str, SmoothedValue] = {}
         self.total_loss = SmoothedValue(self.log_period)
         self.iter_time = SmoothedValue(self.log_period)
         self.data_time = SmoothedValue(self.log_period)
@@ -129,11 +130,24 @@ class TrainingProgress:
         self.tensorboard = TensorBoardWriter(output_dir) if tensorboard and output_dir else None
 
     def update(
-        self, iteration: int, losses: Mapping[str, float], lr: float, iter_time: float, data_time: float
+        self,
+        iteration: int,
+        losses: Mapping[str, float],
+        lr: float,
+        iter_time: float,
+        data_time: float,
+        scalars: Optional[Mapping[str, float]] = None,
     ) -> None:
-        """Record iteration ``iteration`` (0-based) and log when it ends a log period or the run."""
+        """Record iteration ``iteration`` (0-based) and log when it ends a log period or the run.
+
+        ``scalars`` are the model's other scalars of the step (e.g. the matched masks' box fit); like the losses
+        they are logged and written as medians over the log period (NaN values are skipped).
+        """
         for key, value in losses.items():
             self.losses.setdefault(key, SmoothedValue(self.log_period)).update(value)
+        for key, value in (scalars or {}).items():
+            if math.isfinite(value):
+                self.statistics.setdefault(key, SmoothedValue(self.log_period)).update(value)
         if losses:
             self.total_loss.update(sum(losses.values()))
         self.iter_time.update(iter_time)
@@ -162,8 +176,16 @@ class TrainingProgress:
             self.iter_time.avg,
             self.data_time.avg,
         )
+        if self.statistics:
+            logger.info(
+                "iter %d/%d  %s",
+                iteration + 1,
+                self.max_iter,
+                "  ".join(f"{k} {v.median:.4g}" for k, v in self.statistics.items()),
+            )
         record: Dict[str, Any] = {"iteration": iteration, "total_loss": self.total_loss.median}
         record.update({k: v.median for k, v in self.losses.items()})
+        record.update({k: v.median for k, v in self.statistics.items()})
         record.update({"lr": self.lr, "time": self.iter_time.avg, "data_time": self.data_time.avg, "eta_seconds": eta})
         self._write(_finite_or_none(record))
 

@@ -237,7 +237,8 @@ class Trainer:
         lr = max(group["lr"] for group in self.optimizer.param_groups)
         self.scheduler.step()
         if self.progress is not None:
-            self.progress.update(self.iter, losses, lr, time.perf_counter() - start, data_time)
+            statistics = getattr(unwrap_model(self.model), "training_statistics", dict)()
+            self.progress.update(self.iter, losses, lr, time.perf_counter() - start, data_time, statistics)
         return losses
 
     def _optimizer_step(self) -> None:

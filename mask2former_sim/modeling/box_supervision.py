@@ -13,20 +13,9 @@ import torch
 
 from .criterion import Indices, LossContext, Targets, matched_logits, matched_rows
 from .losses.boxinst import batch_projection_dice_cost, compute_pairwise_term, compute_project_term
+from .pairwise_schedule import PairwiseSchedule
 
-__all__ = ["pairwise_warmup_factor", "BoxProjectionCost", "BoxInstLoss"]
-
-
-def pairwise_warmup_factor(iteration: int, warmup_iters: int, start_iter: int = 0) -> float:
-    """Weight factor of the pairwise term: 0 before ``start_iter``, then a linear warm-up over ``warmup_iters``.
-
-    ``clip((iteration − start_iter) / warmup_iters, 0, 1)``; with ``start_iter`` 0 this is BoxInst's warm-up.
-    """
-    if iteration < start_iter:
-        return 0.0
-    if warmup_iters <= 0:
-        return 1.0
-    return min(float(iteration - start_iter) / float(warmup_iters), 1.0)
+__all__ = ["BoxProjectionCost", "BoxInstLoss"]
 
 
 class BoxProjectionCost:
@@ -58,36 +47,21 @@ class BoxInstLoss:
     """The ``"boxinst"`` loss family: ``loss_proj`` and ``loss_pairwise`` of the matched queries of one head.
 
     ``loss_proj = Σ_k [dice(max_y m_k, max_y B_k) + dice(max_x m_k, max_x B_k)] / num_masks`` and
-    ``loss_pairwise = warmup · Σ_e −log P(y_i = y_j)·1[e counts] / max(#edges, 1)`` over all matched instances
-    of the batch (BoxInst's global edge average), with the warm-up of :func:`pairwise_warmup_factor` at the
-    context's iteration.
+    ``loss_pairwise = factor · Σ_e −log P(y_i = y_j)·1[e counts] / max(#edges, 1)`` over all matched instances
+    of the batch (BoxInst's global edge average), with the factor of the :class:`~.pairwise_schedule.PairwiseSchedule`
+    at the context's iteration.
     """
 
-    def __init__(
-        self,
-        *,
-        color_thresh: float,
-        kernel_size: int,
-        dilation: int,
-        warmup_iters: int,
-        start_iter: int = 0,
-    ) -> None:
+    def __init__(self, *, color_thresh: float, kernel_size: int, dilation: int, schedule: PairwiseSchedule) -> None:
         self.color_thresh = color_thresh
-        self.start_iter = start_iter
         self.kernel_size = kernel_size
         self.dilation = dilation
-        self.warmup_iters = warmup_iters
+        self.schedule = schedule
 
     @classmethod
-    def from_config(cls, cfg) -> "BoxInstLoss":
+    def from_config(cls, cfg, schedule: PairwiseSchedule) -> "BoxInstLoss":
         pw = cfg.MODEL.BOXINST.PAIRWISE
-        return cls(
-            color_thresh=pw.COLOR_THRESH,
-            kernel_size=pw.SIZE,
-            dilation=pw.DILATION,
-            warmup_iters=pw.WARMUP_ITERS,
-            start_iter=pw.START_ITER,
-        )
+        return cls(color_thresh=pw.COLOR_THRESH, kernel_size=pw.SIZE, dilation=pw.DILATION, schedule=schedule)
 
     def __call__(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
@@ -105,5 +79,5 @@ class BoxInstLoss:
         total, count = compute_pairwise_term(
             mask_logits, similarity, box_masks, self.color_thresh, self.kernel_size, self.dilation
         )
-        factor = pairwise_warmup_factor(context.iteration, self.warmup_iters, self.start_iter)
+        factor = self.schedule.factor(context.iteration)
         return {"loss_proj": loss_proj, "loss_pairwise": factor * total / count.clamp_min(1.0)}

@@ -6,7 +6,10 @@ on the matched pairs. The criterion knows the families only as callables::
 
     family(head_outputs, targets, indices, context) -> {"loss_x": scalar, ...}
 
-with ``context`` a :class:`LossContext` (the batch's instance count and the training iteration). Auxiliary heads
+with ``context`` a :class:`LossContext` (the family's instance count and the training iteration). A family
+normalises over all GT instances of the batch unless it has a ``num_instances(targets) -> int`` method that
+counts the instances it supervises (SIM's pseudo loss: the original instances, Eq. 8; its paste loss: the pasted
+ones, Eq. 9); the counts of every family are all-reduced together, once per step. Auxiliary heads
 suffix their keys with ``_0`` … ``_{L-2}``. The criterion returns UNWEIGHTED losses; the meta-architecture
 multiplies them by ``weight_dict`` and checks that every emitted key has a weight.
 
@@ -44,7 +47,8 @@ class LossContext:
     """What every loss family of one step may need besides the matched pairs.
 
     Attributes:
-        num_masks: GT instances in the batch, averaged over processes, at least 1 (Mask2Former's normaliser).
+        num_masks: the instances the family supervises in the batch (all GTs unless the family counts its own),
+            averaged over processes, at least 1 (Mask2Former's normaliser).
         iteration: the training iteration (warm-ups and schedules).
     """
 
@@ -146,11 +150,13 @@ class SetCriterion(nn.Module):
                 return fn
         raise KeyError(f"no loss family {name!r}; the criterion has {self.family_names}")
 
-    def get_num_masks(self, targets: Targets, device: torch.device) -> float:
-        """Number of GT instances in the batch, averaged over processes, at least 1."""
-        num_masks = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        num_masks = comm.all_reduce_sum(num_masks) / comm.get_world_size()
-        return max(float(num_masks.item()), 1.0)
+    def num_masks_per_family(self, targets: Targets, device: torch.device) -> List[float]:
+        """Every family's normaliser: the instances it supervises (``num_instances``, default all GTs) in the
+        batch, averaged over processes (one all-reduce), at least 1."""
+        total = sum(len(t["labels"]) for t in targets)
+        counts = [float(getattr(fn, "num_instances", lambda _: total)(targets)) for _, fn in self.families]
+        counts = comm.all_reduce_sum(torch.tensor(counts, device=device)) / comm.get_world_size()
+        return counts.clamp_min(1.0).tolist()
 
     def match(self, outputs: Dict[str, torch.Tensor], targets: Targets) -> List[Indices]:
         """Hungarian matching of every head, in the order of :func:`prediction_heads`."""
@@ -179,12 +185,11 @@ class SetCriterion(nn.Module):
             indices_per_head = self.match(outputs, targets)
         if len(indices_per_head) != len(heads):
             raise ValueError(f"got matches for {len(indices_per_head)} heads, the outputs have {len(heads)}")
-        context = LossContext(
-            num_masks=self.get_num_masks(targets, outputs["pred_logits"].device), iteration=int(iteration)
-        )
+        num_masks = self.num_masks_per_family(targets, outputs["pred_logits"].device)
+        contexts = [LossContext(num_masks=n, iteration=int(iteration)) for n in num_masks]
         losses: Dict[str, torch.Tensor] = {}
         for (suffix, head), indices in zip(heads, indices_per_head):
-            for _, family in self.families:
+            for (_, family), context in zip(self.families, contexts):
                 terms = family(head, targets, indices, context)
                 losses.update({k + suffix: v for k, v in terms.items()})
         return losses

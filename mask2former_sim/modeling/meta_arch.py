@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .criterion import matched_logits, matched_rows, prediction_heads
 from .postprocessing import instances_at_size, topk_queries
 from .supervision import build_criterion, build_supervision
 from .targets import Targets, box_targets, image_targets, paste_targets, with_pseudo_masks
@@ -103,6 +104,8 @@ class MaskFormer(nn.Module):
             min_score, batch_size) to tile evaluation images, or None.
         box_target_kwargs: kwargs of :func:`~.targets.box_targets` (box and SIM supervision), or None.
         sim: the :class:`~.sim.SIMSupervisor` (teacher, prototypes, pseudo masks, copy-paste), or None.
+        pairwise_schedule: the :class:`~.pairwise_schedule.PairwiseSchedule` of box and SIM supervision (it
+            watches the final head's matched masks every training step), or None.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class MaskFormer(nn.Module):
         sliding_window: Optional[Dict[str, Any]] = None,
         box_target_kwargs: Optional[Dict[str, Any]] = None,
         sim: Optional[nn.Module] = None,
+        pairwise_schedule: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if sim is not None and box_target_kwargs is None:
@@ -140,6 +144,8 @@ class MaskFormer(nn.Module):
         self.sliding_window = dict(sliding_window) if sliding_window else None
         self.box_target_kwargs = dict(box_target_kwargs) if box_target_kwargs else None
         self.sim = sim
+        self.pairwise_schedule = pairwise_schedule
+        self._statistics: Dict[str, float] = {}
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         # the iteration of the last training forward, saved with the weights (tools read it to reproduce the
@@ -172,7 +178,9 @@ class MaskFormer(nn.Module):
         if supervision.sim:
             from .sim import SIMSupervisor
 
-            sim = SIMSupervisor.from_config(cfg, backbone, pixel_decoder, transformer_decoder)
+            sim = SIMSupervisor.from_config(
+                cfg, backbone, pixel_decoder, transformer_decoder, supervision.pairwise_schedule
+            )
         mf = cfg.MODEL.MASK_FORMER
         return cls(
             backbone=backbone,
@@ -190,6 +198,7 @@ class MaskFormer(nn.Module):
             sliding_window=sliding_window,
             box_target_kwargs=supervision.box_target_kwargs,
             sim=sim,
+            pairwise_schedule=supervision.pairwise_schedule,
         )
 
     @property
@@ -270,12 +279,39 @@ class MaskFormer(nn.Module):
             outputs.pop("aux_outputs", None)
         targets = self.build_targets(batched_inputs, tuple(images.shape[-2:]))
         indices = None
-        if self.sim is not None:
+        self._statistics = {}
+        if self.pairwise_schedule is not None:
             indices = self.criterion.match(outputs, targets)
+            self._statistics.update(self.observe_box_fit(outputs, targets, indices[0], iteration))
+        if self.sim is not None:
             result = self.sim(images, batched_inputs, targets, indices, iteration, outputs["mask_features"])
             targets = with_pseudo_masks(targets, result.pseudo)
+            self._statistics.update({f"sim/{k}": v for k, v in (result.stats or {}).items()})
         losses = self.criterion(outputs, targets, indices, iteration)
         return apply_loss_weights(losses, self.criterion.weight_dict)
+
+    def observe_box_fit(
+        self,
+        outputs: Dict[str, Any],
+        targets: Targets,
+        indices: List[Tuple[torch.Tensor, torch.Tensor]],
+        iteration: int,
+    ) -> Dict[str, float]:
+        """The final head's matched masks against their boxes, given to the pairwise schedule (which may start the
+        pairwise warm-up on them); returns the statistics it logs."""
+        final = prediction_heads(outputs)[0][1]
+        return self.pairwise_schedule.observe(
+            iteration,
+            matched_logits(final["pred_masks"], indices),
+            matched_rows(targets, indices, "boxes"),
+            matched_rows(targets, indices, "box_masks"),
+            self.box_target_kwargs["stride"],
+        )
+
+    def training_statistics(self) -> Dict[str, float]:
+        """Scalars of the last training forward besides the losses (box fit of the matched masks, the pairwise
+        factor, SIM's teacher statistics at logging iterations), for metrics.json and TensorBoard."""
+        return dict(self._statistics)
 
     @torch.inference_mode()
     def predict(

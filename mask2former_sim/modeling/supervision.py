@@ -16,6 +16,7 @@ one more entry here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -23,11 +24,14 @@ from .box_supervision import BoxInstLoss, BoxProjectionCost
 from .criterion import ClassificationLoss, LossFamily, SetCriterion, expand_weight_dict
 from .mask_supervision import MaskCost, PointSampledMaskLoss
 from .matcher import CostFn, HungarianMatcher
+from .pairwise_schedule import PairwiseSchedule
 from .sim.losses import paste_loss_family, pseudo_mask_loss_family
 
 __all__ = ["SUPERVISION_MODES", "Supervision", "uses_gt_masks", "build_supervision", "build_criterion"]
 
 SUPERVISION_MODES = ("mask", "box", "sim")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Supervision:
         gt_masks: the targets carry GT masks (and the data path decodes them).
         box_target_kwargs: kwargs of :func:`~.targets.box_targets` (box masks, colour similarity), or None.
         sim: the SIM supervisor (teacher, prototypes, pseudo masks, copy-paste) is part of the model.
+        pairwise_schedule: when the pairwise term acts (box and SIM supervision; a module with state), or None.
     """
 
     mode: str
@@ -51,6 +56,7 @@ class Supervision:
     gt_masks: bool
     box_target_kwargs: Optional[Dict[str, Any]]
     sim: bool
+    pairwise_schedule: Optional[PairwiseSchedule] = None
 
 
 def _check_mode(cfg) -> str:
@@ -85,11 +91,20 @@ def build_supervision(cfg) -> Supervision:
             box_target_kwargs=None,
             sim=False,
         )
-    families.append(("boxinst", BoxInstLoss.from_config(cfg)))
+    schedule = PairwiseSchedule.from_config(cfg)
+    families.append(("boxinst", BoxInstLoss.from_config(cfg, schedule)))
     weights.update(loss_proj=bi.PROJECTION_WEIGHT, loss_pairwise=bi.PAIRWISE_WEIGHT)
     if mode == "sim":
         families += [("pseudo", pseudo_mask_loss_family()), ("paste", paste_loss_family())]
         weights.update(loss_pseudo=cfg.MODEL.SIM.PSEUDO_WEIGHT, loss_paste=cfg.MODEL.SIM.PASTE_WEIGHT)
+        warmup_end = bi.PAIRWISE.START_ITER + max(bi.PAIRWISE.WARMUP_ITERS, 0)
+        if bi.PAIRWISE_WEIGHT > 0 and not schedule.adaptive and cfg.MODEL.SIM.START_ITER < warmup_end:
+            logger.warning(
+                "MODEL.SIM.START_ITER %d is before the pairwise warm-up ends (iteration %d): the paper trains "
+                "projection + pairwise first and starts SIM's losses after",
+                cfg.MODEL.SIM.START_ITER,
+                warmup_end,
+            )
     box_target_kwargs = {
         "stride": bi.MASK_STRIDE,
         "kernel_size": bi.PAIRWISE.SIZE,
@@ -105,6 +120,7 @@ def build_supervision(cfg) -> Supervision:
         gt_masks=False,
         box_target_kwargs=box_target_kwargs,
         sim=mode == "sim",
+        pairwise_schedule=schedule,
     )
 
 

@@ -5,6 +5,7 @@ Everything here is a pure function on tensors so it can be checked against hand 
 - :func:`rgb_to_lab` — sRGB → CIE Lab (D65), vectorised in torch (BoxInst calls skimage per image on the CPU).
 - :func:`images_color_similarity` — ``exp(−‖Lab_i − Lab_j‖₂ / θ)`` for the 8 neighbours of a 3×3 kernel with
   dilation 2 on the 4×-average-pooled image.
+- :func:`pixels_in_boxes`, :func:`box_raster` — which pixels a box covers (one rule for every box mask);
 - :func:`boxes_to_stride_masks` — GT boxes rasterised at input resolution and sampled at the mask stride.
 - :func:`compute_project_term` — ``dice(max_y m, max_y B) + dice(max_x m, max_x B)``.
 - :func:`compute_pairwise_term` — ``−log(p_i p_j + (1−p_i)(1−p_j))`` in log-space on the kept edges.
@@ -21,6 +22,8 @@ __all__ = [
     "rgb_to_lab",
     "unfold_wo_center",
     "images_color_similarity",
+    "pixels_in_boxes",
+    "box_raster",
     "boxes_to_stride_masks",
     "dice_coefficient",
     "compute_project_term",
@@ -102,11 +105,35 @@ def images_color_similarity(
     return similarity * neighbour_valid * valid_small
 
 
-def boxes_to_stride_masks(boxes: torch.Tensor, height: int, width: int, stride: int = 4) -> torch.Tensor:
-    """GT box masks rasterised at input resolution and sampled at ``stride`` with offset ``stride // 2``.
+def pixels_in_boxes(boxes: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Which pixels (y, x) of the grid ``ys`` × ``xs`` (integer pixel indices) lie in each box.
 
-    A pixel row ``y`` belongs to box ``(x1, y1, x2, y2)`` when ``⌊y1⌋ ≤ y ≤ ⌊y2⌋`` (BoxInst fills
-    ``[int(y1):int(y2)+1]``); the sampled rows are ``y = stride·i + stride // 2``.
+    Boxes are continuous XYXY coordinates (COCO): pixel ``x`` covers ``[x, x + 1)`` and belongs to the box when it
+    overlaps it, ``⌊x1⌋ ≤ x < max(⌈x2⌉, ⌊x1⌋ + 1)`` (same in y; a zero-width box keeps one pixel). The tight box of a
+    binary mask (:func:`~..postprocessing.masks_to_boxes`, x2 = last pixel + 1) therefore covers exactly the mask's
+    pixel extent. BoxInst fills ``[int(x1) : int(x2) + 1]``, one pixel more wherever x2 is an integer.
+
+    Args:
+        boxes: (N, 4) XYXY; ys: (H',) and xs: (W',) pixel indices.
+    Returns:
+        (N, H', W') bool.
+    """
+    boxes = boxes.float()
+    lo = boxes.floor()
+    hi = torch.maximum(boxes.ceil(), lo.roll(2, dims=1) + 1)  # x2 ≥ ⌊x1⌋ + 1, y2 ≥ ⌊y1⌋ + 1
+    ys, xs = ys.to(boxes), xs.to(boxes)
+    in_y = (ys[None] >= lo[:, 1:2]) & (ys[None] < hi[:, 3:4])
+    in_x = (xs[None] >= lo[:, 0:1]) & (xs[None] < hi[:, 2:3])
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+def box_raster(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, height, width) bool: every pixel of the image grid that lies in each box (:func:`pixels_in_boxes`)."""
+    return pixels_in_boxes(boxes, torch.arange(height), torch.arange(width))
+
+
+def boxes_to_stride_masks(boxes: torch.Tensor, height: int, width: int, stride: int = 4) -> torch.Tensor:
+    """GT box masks at the mask stride: :func:`box_raster` sampled at pixels ``stride·i + stride // 2``.
 
     Args:
         boxes: (N, 4) XYXY in input pixels.
@@ -114,12 +141,9 @@ def boxes_to_stride_masks(boxes: torch.Tensor, height: int, width: int, stride: 
     Returns:
         (N, height // stride, width // stride) float masks in {0, 1}.
     """
-    ys = torch.arange(height // stride, device=boxes.device, dtype=torch.float32) * stride + stride // 2
-    xs = torch.arange(width // stride, device=boxes.device, dtype=torch.float32) * stride + stride // 2
-    lo = boxes.float().floor()
-    in_y = (ys[None] >= lo[:, 1:2]) & (ys[None] <= lo[:, 3:4])
-    in_x = (xs[None] >= lo[:, 0:1]) & (xs[None] <= lo[:, 2:3])
-    return (in_y[:, :, None] & in_x[:, None, :]).float()
+    ys = torch.arange(height // stride, device=boxes.device) * stride + stride // 2
+    xs = torch.arange(width // stride, device=boxes.device) * stride + stride // 2
+    return pixels_in_boxes(boxes, ys, xs).float()
 
 
 def dice_coefficient(x: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -5,7 +5,8 @@ ignored pixels (the band ``τ_low < M̂_prob < τ_high`` and padding). The offic
 loss to probabilities as if they were logits; that is not reproduced here.
 
 Shapes: ``M`` instances, ``P`` pixels per instance (flattened ``h·w``). Every loss sums over instances and divides
-by ``num_masks`` (the number of GT instances in the batch, averaged over processes), as Mask2Former does.
+by ``num_masks``, the number of instances the loss supervises in the batch (averaged over processes): the original
+instances for L_pseudo (Eq. 8, N_pos), the pasted ones for L_paste (Eq. 9).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def weighted_dice_loss(
 ) -> torch.Tensor:
     """Eq. 8, dice term: ``Σ_k [1 − (2·Σ W p t + 1) / (Σ W p + Σ W t + 1)] / num_masks`` with ``p = σ(x)``.
 
-    Mask2Former's smoothed dice, restricted to the pixels with weight > 0.
+    Mask2Former's smoothed dice, restricted to the pixels with weight > 0 (W is binary here: a BCE weighting
+    that is not, e.g. region-normalised, still selects the same pixels).
 
     Args:
         logits: (M, P) mask logits.
@@ -53,7 +55,7 @@ def weighted_dice_loss(
         Scalar loss.
     """
     probs = logits.flatten(1).float().sigmoid()
-    targets, weights = targets.flatten(1).float(), weights.flatten(1).float()
+    targets, weights = targets.flatten(1).float(), (weights.flatten(1) > 0).float()
     numerator = 2.0 * (weights * probs * targets).sum(1)
     denominator = (weights * probs).sum(1) + (weights * targets).sum(1)
     return (1.0 - (numerator + 1.0) / (denominator + 1.0)).sum() / num_masks

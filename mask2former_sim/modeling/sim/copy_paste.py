@@ -14,7 +14,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from .memory_bank import MemoryBank, box_raster, num_instances_to_paste, paste_instances, sample_instances
+from ..losses.boxinst import box_raster
+from .memory_bank import MemoryBank, num_instances_to_paste, paste_instances, sample_instances
 from .pseudo_masks import full_resolution_pseudo_masks, mask_score
 
 __all__ = ["CopyPaste"]

@@ -48,6 +48,13 @@ class MaskTargetLoss:
         self.weights = weights
         self.pasted = pasted
 
+    def num_instances(self, targets: Targets) -> int:
+        """The normaliser's count: the batch's pasted (``pasted=True``) or original instances (Eq. 8 divides
+        by the positives, Eq. 9 sums over the pasted instances)."""
+        flags = [t.get("pasted") for t in targets]
+        pasted = sum(int(f.sum()) for f in flags if f is not None)
+        return pasted if self.pasted else sum(len(t["labels"]) for t in targets) - pasted
+
     def __call__(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
     ) -> Dict[str, torch.Tensor]:

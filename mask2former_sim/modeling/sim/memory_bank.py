@@ -23,6 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from ..losses.boxinst import box_raster
 from ..postprocessing import masks_to_boxes
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "decode_masks",
     "num_instances_to_paste",
     "sample_instances",
-    "box_raster",
     "place",
     "paste_instances",
 ]
@@ -99,17 +99,6 @@ def sample_instances(
     if float(weights.sum()) <= 0:
         weights = torch.ones_like(weights)
     return torch.multinomial(weights, k, replacement=False, generator=generator)
-
-
-def box_raster(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(N, H, W) bool: pixel (y, x) is inside box (x1, y1, x2, y2) when ⌊x1⌋ ≤ x < max(⌈x2⌉, ⌊x1⌋ + 1) (same in y)."""
-    lo = boxes.float().floor()
-    hi = torch.maximum(boxes.float().ceil(), lo.roll(2, dims=1) + 1)  # x2 ≥ ⌊x1⌋ + 1, y2 ≥ ⌊y1⌋ + 1
-    ys = torch.arange(height, dtype=torch.float32)
-    xs = torch.arange(width, dtype=torch.float32)
-    in_y = (ys[None] >= lo[:, 1:2]) & (ys[None] < hi[:, 3:4])
-    in_x = (xs[None] >= lo[:, 0:1]) & (xs[None] < hi[:, 2:3])
-    return in_y[:, :, None] & in_x[:, None, :]
 
 
 def place(x: torch.Tensor, height: int, width: int, fill: Any = 0) -> torch.Tensor:

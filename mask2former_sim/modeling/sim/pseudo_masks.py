@@ -2,7 +2,6 @@
 
 All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 
-- :func:`mask_box_iou` — IoU of a mask's tight box (``σ(m) > 0.5``) with a GT box.
 - :func:`instance_maps` — Eq. 6: the positives' weights ``w = exp(μ·IoU(box(σ(m) > 0.5), gt_box))`` normalised
   per GT and ``M_I = Σ_p w_p·σ(m_p)``, for every GT of an image in one pass.
 - :func:`fuse_maps` — Eq. 7, ``M̂_prob = (1 − α)·M_S + α·M_I``.
@@ -12,6 +11,7 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
 - :func:`full_resolution_pseudo_masks` — ``M̂`` at input resolution for the copy-paste bank (M̂_prob
   upsampled bilinearly, thresholded, restricted to the box region at input resolution).
 - :func:`dynamic_tau_high` — the official code's per-instance τ_high (option).
+- :func:`split_region_weights` — the BCE weights of the ``box_split`` normalisation (an option).
 - :func:`mask_score` — Eq. 11, ``S_k = mean(M̂_prob over M̂ = 1)`` (copy-paste importance).
 - :func:`gather_positives` — the (head, query) pairs the student's Hungarian matching assigned to each GT.
 - :class:`PseudoMaskGenerator` — all of the above for the original (non-pasted) GTs of a batch.
@@ -23,19 +23,18 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
 
+from ..box_fit import mask_box_iou
 from ..criterion import prediction_heads
-from ..postprocessing import masks_to_boxes
 from .prototypes import semantic_map
 
 __all__ = [
-    "mask_box_iou",
     "instance_maps",
     "fuse_maps",
     "threshold_pseudo_mask",
     "full_resolution_pseudo_masks",
     "dynamic_tau_high",
+    "split_region_weights",
     "mask_score",
     "gather_positives",
     "PseudoMaskGenerator",
@@ -43,15 +42,9 @@ __all__ = [
 
 POSITIVES = ("all_heads", "last_head")
 OUTSIDE_BOX = ("background", "ignore")
+BCE_NORMALISATION = ("image", "box_split")
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-
-
-def mask_box_iou(mask_probs: torch.Tensor, gt_boxes: torch.Tensor, stride: int) -> torch.Tensor:
-    """IoU of the tight box of each ``mask_probs[p] > 0.5`` (mask-stride pixels scaled by ``stride`` to input
-    pixels) with ``gt_boxes[p]`` (XYXY, input pixels): (P, h, w) and (P, 4) → (P,); an empty mask has IoU 0."""
-    boxes = masks_to_boxes(mask_probs > 0.5) * stride
-    return torch.nan_to_num(box_iou(boxes, gt_boxes.reshape(-1, 4).float()).diagonal(), nan=0.0)
 
 
 def instance_maps(
@@ -166,6 +159,20 @@ def dynamic_tau_high(
     return torch.stack(taus).clamp(low, high) if taus else prob.new_zeros(0)
 
 
+def split_region_weights(weights: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """``W_in / (2·ΣW_in) + W_out / (2·ΣW_out)`` per instance, (K, h, w): half the weight inside ``region``, half
+    outside, each spread evenly over its pixels of weight > 0 (all of it to one side when the other has none)."""
+    inside = weights * region
+    outside = weights * ~region
+    n_in = inside.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
+    n_out = outside.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
+    has_in = (inside.flatten(1).sum(1) > 0)[:, None, None].to(weights)
+    has_out = (outside.flatten(1).sum(1) > 0)[:, None, None].to(weights)
+    share_in = torch.where(has_out > 0, 0.5, 1.0) * has_in
+    share_out = torch.where(has_in > 0, 0.5, 1.0) * has_out
+    return share_in * inside / n_in + share_out * outside / n_out
+
+
 def mask_score(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 11: ``S_k = Σ M̂_prob·1(M̂ = 1) / Σ 1(M̂ = 1)`` per instance, (K, h, w) → (K,) (0 for empty masks)."""
     fg = labels.flatten(1) > 0
@@ -207,6 +214,9 @@ class PseudoMaskGenerator:
         outside_box: pixels outside the GT box are certain "background" for the pseudo loss, or "ignore"d
             (weight 0, the official code's choice; on Mask2Former it lets the masks grow past their boxes,
             docs/RESULTS.md §2).
+        bce_normalisation: "image": the BCE of Eq. 8 is a mean over all certain pixels; "box_split": half over
+            the certain pixels inside the box and half over those outside (weights W_in / 2ΣW_in + W_out / 2ΣW_out,
+            so a small box's pixels are not outweighed by the image).
     """
 
     def __init__(
@@ -223,9 +233,14 @@ class PseudoMaskGenerator:
         instance_map_thresh: float,
         positives: str,
         outside_box: str = "background",
+        bce_normalisation: str = "image",
     ) -> None:
         if outside_box not in OUTSIDE_BOX:
             raise ValueError(f"MODEL.SIM.OUTSIDE_BOX must be one of {OUTSIDE_BOX}, found {outside_box!r}")
+        if bce_normalisation not in BCE_NORMALISATION:
+            raise ValueError(
+                f"MODEL.SIM.PSEUDO_BCE_NORMALISATION must be one of {BCE_NORMALISATION}, found {bce_normalisation!r}"
+            )
         if positives not in POSITIVES:
             raise ValueError(f"MODEL.SIM.POSITIVES must be one of {POSITIVES}, found {positives!r}")
         if not 0.0 <= tau_low <= tau_high <= 1.0:
@@ -243,6 +258,7 @@ class PseudoMaskGenerator:
         self.instance_map_thresh = instance_map_thresh
         self.positives = positives
         self.outside_box = outside_box
+        self.bce_normalisation = bce_normalisation
 
     @classmethod
     def from_config(cls, cfg) -> "PseudoMaskGenerator":
@@ -259,6 +275,7 @@ class PseudoMaskGenerator:
             instance_map_thresh=sim.INSTANCE_MAP_THRESH,
             positives=sim.POSITIVES,
             outside_box=sim.OUTSIDE_BOX,
+            bce_normalisation=sim.PSEUDO_BCE_NORMALISATION,
         )
 
     @torch.no_grad()
@@ -320,6 +337,8 @@ class PseudoMaskGenerator:
             labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
             if self.outside_box == "background":  # outside its box (on real pixels) a pixel is certain background
                 weights = torch.where(region, weights, valid.to(weights).expand_as(weights))
+            if self.bce_normalisation == "box_split":
+                weights = split_region_weights(weights, region)
             results.append(
                 {
                     "gt": gts,

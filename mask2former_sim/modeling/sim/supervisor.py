@@ -17,15 +17,17 @@ prototypes (:mod:`.prototypes`), the pseudo-mask generator (:mod:`.pseudo_masks`
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..box_fit import mask_box_fill, mask_box_iou
+from ..pairwise_schedule import PairwiseSchedule
 from .copy_paste import CopyPaste
 from .prototypes import PrototypeBank
-from .pseudo_masks import PseudoMaskGenerator, mask_box_iou
+from .pseudo_masks import PseudoMaskGenerator
 from .teacher import EMATeacher
 
 __all__ = ["SIMResult", "SIMSupervisor", "teacher_statistics"]
@@ -63,9 +65,8 @@ def teacher_statistics(
         if len(res["gt"]) == 0:
             continue
         ious.append(mask_box_iou(res["instance"], target["boxes"][res["gt"]], stride))
-        inside = res["box_masks"].flatten(1).sum(1).clamp_min(1)
-        fill.append(((res["instance"] > 0.5) & (res["box_masks"] > 0)).flatten(1).sum(1) / inside)
-        fg.append(res["labels"].flatten(1).sum(1) / inside)
+        fill.append(mask_box_fill(res["instance"], res["box_masks"]))
+        fg.append(res["labels"].flatten(1).sum(1) / res["box_masks"].flatten(1).sum(1).clamp_min(1))
     return {
         "teacher_box_iou": float(torch.cat(ious).mean()) if ious else float("nan"),
         "teacher_box_fill": float(torch.cat(fill).mean()) if fill else float("nan"),
@@ -83,6 +84,9 @@ class SIMSupervisor(nn.Module):
         copy_paste: the online copy-paste, or None (off).
         start_iter: first iteration with the pseudo and paste losses.
         log_period: every this many iterations, compute and log :func:`teacher_statistics`; 0 = never.
+        pairwise_warmup_end: with a pairwise term that starts once the masks have formed
+            (:class:`~..pairwise_schedule.PairwiseSchedule`), a callable giving the iteration its warm-up ends
+            (None before it starts): SIM's losses then also wait for it (the paper's order); None otherwise.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class SIMSupervisor(nn.Module):
         copy_paste: Optional[CopyPaste],
         start_iter: int,
         log_period: int = 0,
+        pairwise_warmup_end: Optional[Callable[[], Optional[int]]] = None,
     ) -> None:
         super().__init__()
         self.teacher = teacher
@@ -102,12 +107,19 @@ class SIMSupervisor(nn.Module):
         self.copy_paste = copy_paste
         self.start_iter = start_iter
         self.log_period = log_period
+        self.pairwise_warmup_end = pairwise_warmup_end
 
     @classmethod
     def from_config(
-        cls, cfg, backbone: nn.Module, pixel_decoder: nn.Module, transformer_decoder: nn.Module
+        cls,
+        cfg,
+        backbone: nn.Module,
+        pixel_decoder: nn.Module,
+        transformer_decoder: nn.Module,
+        pairwise_schedule: Optional[PairwiseSchedule] = None,
     ) -> "SIMSupervisor":
         sim = cfg.MODEL.SIM
+        adaptive = pairwise_schedule is not None and pairwise_schedule.adaptive
         return cls(
             teacher=EMATeacher.from_config(cfg, backbone, pixel_decoder, transformer_decoder),
             prototypes=PrototypeBank.from_config(cfg),
@@ -115,6 +127,7 @@ class SIMSupervisor(nn.Module):
             copy_paste=CopyPaste.from_config(cfg) if sim.COPY_PASTE.ENABLED else None,
             start_iter=sim.START_ITER,
             log_period=cfg.LOG_PERIOD,
+            pairwise_warmup_end=pairwise_schedule.warmup_end if adaptive else None,
         )
 
     @property
@@ -123,8 +136,14 @@ class SIMSupervisor(nn.Module):
         return self.copy_paste.bank if self.copy_paste is not None else None
 
     def started(self, iteration: int) -> bool:
-        """Whether the pseudo and paste losses are on (``iteration >= START_ITER``)."""
-        return iteration >= self.start_iter
+        """Whether the pseudo and paste losses are on: ``iteration >= START_ITER`` and, with a pairwise term that
+        starts once the masks have formed, its warm-up has ended."""
+        if iteration < self.start_iter:
+            return False
+        if self.pairwise_warmup_end is None:
+            return True
+        end = self.pairwise_warmup_end()
+        return end is not None and iteration >= end
 
     # ------------------------------------------------------------------------------------------------ teacher
     def init_teacher(self, student_parts: Sequence[nn.Module]) -> bool:
