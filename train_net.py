@@ -22,7 +22,7 @@ from typing import Any, Dict
 
 import torch
 
-from mask2former_sim.config import get_cfg
+from mask2former_sim.config import check_supported_choices, check_training_config, get_cfg
 from mask2former_sim.engine import (
     Trainer,
     default_argument_parser,
@@ -81,13 +81,17 @@ def set_num_classes(cfg: Any) -> None:
 
 
 def setup(args: Any):
-    """Config from file and overrides, extra datasets registered, device and classes resolved, process set up."""
+    """Config from file and overrides, checked (before any folder, log or model is made), extra datasets registered,
+    device and classes resolved, process set up."""
     from mask2former_sim.data import register_from_config
 
     cfg = get_cfg()
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
+    check_supported_choices(cfg)
+    if not args.eval_only:
+        check_training_config(cfg)
     setup_logger(cfg.OUTPUT_DIR if comm.is_main_process() else None)
     resolve_device(cfg, args)
     for name in register_from_config(cfg):

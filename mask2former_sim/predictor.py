@@ -8,6 +8,10 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from .data.mapper import build_test_resize
+from .engine.checkpoint import load_model_weights
+from .modeling import build_model
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,10 +26,6 @@ class Predictor:
     """
 
     def __init__(self, cfg: Any) -> None:
-        from .data.mapper import build_test_resize
-        from .engine.checkpoint import load_model_weights
-        from .modeling import build_model
-
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()

@@ -55,10 +55,6 @@ class FakeModel(nn.Module):
         self.global_rng = global_rng
         self.nan_at = set(nan_at or ())
         self.iters_seen: List[Optional[int]] = []
-        self.steps_taken = 0
-
-    def after_optimizer_step(self) -> None:
-        self.steps_taken += 1
 
     def forward(self, batch: List[Dict[str, Any]], iteration: Optional[int] = None) -> Dict[str, torch.Tensor]:
         self.iters_seen.append(iteration)
@@ -164,16 +160,14 @@ class _SharedPointsTorch:
 @contextlib.contextmanager
 def share_point_sampling():
     """Within the block, the real model's point sampling (this process) uses :class:`_SharedPointsTorch`."""
-    from mask2former_sim.modeling import mask_supervision
     from mask2former_sim.modeling.losses import mask
 
-    originals = (mask_supervision.torch, mask.torch)
-    mask_supervision.torch = _SharedPointsTorch()
+    original = mask.torch
     mask.torch = _SharedPointsTorch()
     try:
         yield
     finally:
-        mask_supervision.torch, mask.torch = originals
+        mask.torch = original
 
 
 class StopTraining(Exception):

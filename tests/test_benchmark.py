@@ -3,7 +3,6 @@ and a reduced run of every section produces its tables and files (no timing is a
 
 import json
 import os
-import time
 import types
 
 import pytest
@@ -20,11 +19,18 @@ TINY = os.path.join(REPO, "configs", "cpu", "tiny-overfit.yaml")
 
 
 def test_nested_stage_time_is_charged_once():
-    timer = benchmark.StageTimer(torch.device("cpu"))
-    inner = timer.wrap("inner", lambda: time.sleep(0.05))
+    now = [0.0]  # a fake clock: the timed bodies advance it by exact amounts
+
+    def work(seconds):
+        now[0] += seconds
+
+    timer = benchmark.StageTimer(torch.device("cpu"), clock=lambda: now[0])
+    inner = timer.wrap("inner", lambda: work(0.05))
 
     def outer_body():
-        time.sleep(0.03)
+        work(0.03)
+        inner()
+        work(0.02)
         inner()
 
     outer = timer.wrap("outer", outer_body)
@@ -32,8 +38,16 @@ def test_nested_stage_time_is_charged_once():
     assert dict(timer.seconds) == {}
     timer.enabled = True
     outer()
-    assert 0.05 <= timer.seconds["inner"] < 0.5
-    assert 0.03 <= timer.seconds["outer"] < 0.075  # its own 30 ms, not the >= 80 ms it spans
+    work(1.0)  # time outside any stage is charged to none
+    inner()
+    assert timer.seconds["inner"] == pytest.approx(0.15)  # three calls: two inside outer, one on its own
+    assert timer.seconds["outer"] == pytest.approx(0.05)  # its own 30 + 20 ms, not the 150 ms it spans
+    failing = timer.wrap("failing", lambda: (work(0.01), inner(), 1 / 0))
+    outer_of_failing = timer.wrap("outer of failing", lambda: (work(0.04), failing()))
+    with pytest.raises(ZeroDivisionError):  # a stage that raises is still charged, and unwound
+        outer_of_failing()
+    assert timer.seconds["failing"] == pytest.approx(0.01) and timer.seconds["inner"] == pytest.approx(0.2)
+    assert timer.seconds["outer of failing"] == pytest.approx(0.04) and timer._children == []
 
 
 def test_patched_restores_instance_and_module_attributes():

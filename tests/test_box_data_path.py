@@ -111,7 +111,7 @@ def test_box_mode_reads_no_mask_from_json_to_criterion(tmp_path, poisoned_decode
         return criterion_forward(outputs, targets, *args, **kwargs)
 
     model.criterion.forward = spy
-    losses = model(batch)
+    losses = model(batch, iteration=0)
     assert len(seen) == len(batch)
     allowed = {"labels", "boxes", "padding_mask", "box_masks", "color_similarity"}
     assert all(set(t) <= allowed and "masks" not in t for t in seen), [sorted(t) for t in seen]

@@ -10,11 +10,10 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
-from mask2former_sim.modeling.box_supervision import BoxInstLoss, BoxProjectionCost
 from mask2former_sim.modeling.criterion import LossContext
+from mask2former_sim.modeling.losses.boxinst import BoxInstLoss, BoxProjectionCost, BoxTargets
 from mask2former_sim.modeling.matcher import HungarianMatcher
 from mask2former_sim.modeling.pairwise_schedule import PairwiseSchedule, pairwise_warmup_factor
-from mask2former_sim.modeling.targets import box_targets
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "tiny-overfit.yaml"
 
@@ -26,8 +25,9 @@ def _box_target(boxes, labels, size=32):
         "padding_mask": torch.zeros(size, size, dtype=torch.bool),
     }
     # a smooth horizontal ramp: neighbouring colours are close, so most edges pass the 0.3 similarity threshold
-    raw = torch.linspace(60, 90, size).expand(1, 3, size, size).clone()
-    return box_targets([target], raw, stride=4, kernel_size=3, dilation=2, theta=2.0)[0]
+    raw = torch.linspace(60, 90, size).expand(3, size, size).clone()
+    inputs = [{"image": raw, "instances": {"gt_boxes": target["boxes"], "gt_classes": target["labels"]}}]
+    return BoxTargets(stride=4, kernel_size=3, dilation=2, theta=2.0).build_targets([target], inputs, 0)[0]
 
 
 def _brute_force_min(cost: np.ndarray) -> float:
@@ -153,7 +153,7 @@ def test_box_mode_training_step_never_gives_the_criterion_a_mask():
         "gt_classes": torch.tensor([0, 2]),
         "gt_masks": Sentinel(),
     }
-    losses = model([{"image": image, "height": 64, "width": 64, "instances": inst}])
+    losses = model([{"image": image, "height": 64, "width": 64, "instances": inst}], iteration=0)
     heads = cfg.MODEL.MASK_FORMER.DEC_LAYERS
     expected = {"loss_ce", "loss_proj", "loss_pairwise"}
     expected |= {f"{k}_{i}" for k in ("loss_ce", "loss_proj", "loss_pairwise") for i in range(heads - 1)}

@@ -120,18 +120,13 @@ def test_cpu_box_warmup_is_scaled_to_the_schedule():
 
 def test_cpu_box_config_builds_a_box_model():
     from mask2former_sim.modeling import build_model
-    from mask2former_sim.modeling.box_supervision import BoxInstLoss, BoxProjectionCost
+    from mask2former_sim.modeling.losses.boxinst import BoxInstLoss, BoxProjectionCost
 
     cfg = get_cfg(str(CONFIGS / "cpu" / "boxinst_m2f_synthetic_tiny.yaml"))
     model = build_model(cfg)
-    assert model.supervision == "box"
-    assert model.box_target_kwargs == {
-        "stride": 4,
-        "kernel_size": 3,
-        "dilation": 2,
-        "theta": 2.0,
-        "bottom_pixels_removed": 0,
-    }
+    assert model.supervision.mode == "box" and model.supervision.step_names == ["box_targets", "pairwise_schedule"]
+    box = model.supervision.box_targets
+    assert (box.stride, box.kernel_size, box.dilation, box.theta, box.bottom_pixels_removed) == (4, 3, 2, 2.0, 0)
     criterion = model.criterion
     assert criterion.family_names == ["labels", "boxinst"]
     assert isinstance(criterion.family("boxinst"), BoxInstLoss)
@@ -144,3 +139,15 @@ def test_cpu_box_config_builds_a_box_model():
         assert criterion.weight_dict[key] == weight
         assert criterion.weight_dict[f"{key}_{num_heads - 2}"] == weight
     assert not any(k.startswith(("loss_mask", "loss_dice")) for k in criterion.weight_dict)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("sim_m2f_*.yaml")), ids=lambda p: p.name)
+def test_sim_configs_start_sim_after_the_pairwise_warmup(path):
+    """The paper's order: projection + pairwise first, SIM's pseudo and paste losses once the warm-up has ended
+    (an adaptive pairwise start makes SIM wait for it at run time)."""
+    cfg = get_cfg(str(path))
+    pw = cfg.MODEL.BOXINST.PAIRWISE
+    if pw.START_BOX_IOU == 0:
+        assert cfg.MODEL.SIM.START_ITER >= pw.START_ITER + pw.WARMUP_ITERS
+    else:
+        assert cfg.MODEL.SIM.START_ITER >= pw.WARMUP_ITERS  # the earliest; SIM also waits for the adaptive start

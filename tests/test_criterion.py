@@ -6,18 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from mask2former_sim.config import get_cfg
-from mask2former_sim.modeling import mask_supervision as mask_supervision_module
 from mask2former_sim.modeling.criterion import ClassificationLoss, LossContext, SetCriterion, expand_weight_dict
+from mask2former_sim.modeling.losses import mask as mask_supervision_module
 from mask2former_sim.modeling.losses.mask import (
+    PointSampledMaskLoss,
     calculate_uncertainty,
     dice_loss,
     get_uncertain_point_coords_with_randomness,
     point_sample,
     sigmoid_ce_loss,
 )
-from mask2former_sim.modeling.mask_supervision import PointSampledMaskLoss
 from mask2former_sim.modeling.meta_arch import apply_loss_weights
-from mask2former_sim.modeling.supervision import build_criterion
+from mask2former_sim.modeling.supervision import build_criterion, build_supervision
 
 
 class FixedMatcher(torch.nn.Module):
@@ -185,7 +185,7 @@ def test_from_config_weight_dict_covers_every_head():
     cfg = get_cfg()
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
-    crit = build_criterion(cfg)
+    crit = build_criterion(cfg, build_supervision(cfg))
     heads = [""] + [f"_{i}" for i in range(9)]
     assert set(crit.weight_dict) == {f"{k}{s}" for k in ("loss_ce", "loss_mask", "loss_dice") for s in heads}
     assert crit.weight_dict["loss_ce_8"] == 2.0 and crit.weight_dict["loss_dice"] == 5.0

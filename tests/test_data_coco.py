@@ -117,6 +117,50 @@ def test_degenerate_and_outside_boxes_skipped_with_counted_warning(tmp_path, cap
     assert "2 box outside the image" in caplog.text and "2 zero/negative-size box" in caplog.text
 
 
+def test_odd_polygon_names_file_annotation_and_count(tmp_path):
+    """pycocotools would drop the dangling value; the json is validated on load whatever the supervision."""
+    square = [2, 2, 8, 2, 8, 8, 2, 8]
+    anns = [_ann(1, [2, 2, 6, 6], segmentation=[square]), _ann(5, [2, 2, 6, 6], segmentation=[square, square[:7]])]
+    json_file, root = _write_set(tmp_path, anns)
+    with pytest.raises(ValueError, match=r"ann.json: annotation id 5: polygon 1 of 'segmentation' has 7 coordinates"):
+        parse_coco_json(json_file, root)
+
+
+def test_polygons_under_three_points_are_removed_and_counted(tmp_path, caplog):
+    square = [2, 2, 8, 2, 8, 8, 2, 8]
+    anns = [
+        _ann(1, [2, 2, 6, 6], segmentation=[[3, 3, 5, 5], square]),  # a 2-point polygon beside a real one
+        _ann(2, [2, 2, 6, 6], segmentation=[[4, 4]]),  # nothing left: the box stays, the mask is empty
+    ]
+    json_file, root = _write_set(tmp_path, anns)
+    dicts, summary = parse_coco_json(json_file, root)
+    assert [a["segmentation"] for a in dicts[0]["annotations"]] == [[square], []]
+    assert summary.dropped_polygons == 2 and summary.num_instances == 2 and not summary.dropped
+    assert "dropped polygons: 2 with fewer than 3 points" in summary.format("x")
+    with caplog.at_level(logging.WARNING, logger="mask2former_sim.data.coco"):
+        dicts = load_coco_json(json_file, root, dataset_name="short_polygons")
+    assert "removed 2 polygon(s) with fewer than 3 points" in caplog.text
+    masks = InstanceDatasetMapper(augmentations=[], with_masks=True)(dicts[0])["instances"]["gt_masks"]
+    assert masks.shape == (1, 20, 30) and int(masks.sum()) == 36  # pycocotools fills [2, 8) x [2, 8)
+    boxes = InstanceDatasetMapper(augmentations=[], with_masks=False)(dicts[0])["instances"]["gt_boxes"]
+    assert len(boxes) == 2
+
+
+def test_exif_rotated_image_size_mismatch_names_the_orientation_tag(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: display turned 90 degrees clockwise
+    Image.fromarray(np.full((20, 30, 3), 90, dtype=np.uint8)).save(tmp_path / "photo.jpg", exif=exif)
+    images = [{"id": 1, "file_name": "photo.jpg", "height": 20, "width": 30}]  # the stored, un-rotated size
+    json_file, root = _write_set(tmp_path, [_ann(1, [2, 2, 5, 5])], images=images)
+    assert read_image(str(tmp_path / "photo.jpg")).shape == (30, 20, 3)
+    with pytest.raises(ValueError) as e:
+        InstanceDatasetMapper(augmentations=[], with_masks=False)(load_coco_json(json_file, root)[0])
+    message = str(e.value)
+    assert "photo.jpg is 20x30 (WxH) but the annotation json says 30x20" in message
+    assert "EXIF orientation tag (value 6" in message and "un-rotated" in message
+    assert "re-export the json with width 20 and height 30" in message and "strip the orientation tag" in message
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "L", "LA", "P", "I;16"])
 def test_other_colour_modes_load_as_rgb(tmp_path, mode):
     rgb = np.random.default_rng(0).integers(0, 255, size=(6, 7, 3), dtype=np.uint8)

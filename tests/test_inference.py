@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mask2former_sim.modeling import sliding_window as sliding_window_module
+from mask2former_sim.modeling import meta_arch as meta_arch_module
 from mask2former_sim.modeling.criterion import ClassificationLoss, SetCriterion
-from mask2former_sim.modeling.mask_supervision import MaskCost, PointSampledMaskLoss
+from mask2former_sim.modeling.image_list import pad_images
+from mask2former_sim.modeling.losses.mask import MaskCost, MaskTargets, PointSampledMaskLoss
 from mask2former_sim.modeling.matcher import HungarianMatcher
-from mask2former_sim.modeling.meta_arch import MaskFormer, pad_images
+from mask2former_sim.modeling.meta_arch import MaskFormer
 from mask2former_sim.modeling.postprocessing import instance_inference, masks_to_boxes, topk_queries
+from mask2former_sim.modeling.supervision import Supervision
 from mask2former_sim.modeling.targets import image_targets
 
 NUM_CLASSES, NUM_QUERIES, DIM = 3, 5, 8
@@ -52,19 +54,24 @@ def stub_model(topk=7, sliding_window=None):
         ("labels", ClassificationLoss(num_classes=NUM_CLASSES, eos_coef=0.1)),
         ("masks", PointSampledMaskLoss(num_points=16, oversample_ratio=3.0, importance_sample_ratio=0.75)),
     ]
-    criterion = SetCriterion(
-        matcher=HungarianMatcher(cost=MaskCost(num_points=16)),
+    weights = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    supervision = Supervision(
+        mode="mask",
+        matching_cost=MaskCost(num_points=16),
         families=families,
-        weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
+        base_weights=weights,
+        steps={"mask_targets": MaskTargets()},
+    )
+    criterion = SetCriterion(
+        matcher=HungarianMatcher(cost=supervision.matching_cost), families=families, weight_dict=weights
     )
     return MaskFormer(
         backbone=StubBackbone(),
         pixel_decoder=StubPixelDecoder(),
         transformer_decoder=StubDecoder(),
+        supervision=supervision,
         criterion=criterion,
-        supervision="mask",
         num_classes=NUM_CLASSES,
-        gt_masks=True,
         size_divisibility=32,
         pixel_mean=[120.0] * 3,
         pixel_std=[60.0] * 3,
@@ -156,9 +163,13 @@ def test_train_mode_returns_weighted_scalar_losses_and_never_reads_masks_in_box_
     gt_masks = torch.zeros(1, 40, 56, dtype=torch.bool)
     gt_masks[0, 5:20, 10:30] = True
     inst = {"gt_boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]]), "gt_classes": torch.tensor([1]), "gt_masks": gt_masks}
-    losses = model([{"image": image, "height": 40, "width": 56, "instances": inst}])
+    losses = model([{"image": image, "height": 40, "width": 56, "instances": inst}], iteration=0)
     assert set(losses) == {"loss_ce", "loss_mask", "loss_dice"} and all(v.dim() == 0 for v in losses.values())
-    targets = model.build_targets([{"image": image, "instances": inst}], (64, 64))
+    with pytest.raises(ValueError, match="iteration"):
+        model([{"image": image, "height": 40, "width": 56, "instances": inst}])
+    targets = model.supervision.build_targets(
+        [{"image": image, "instances": inst}], (64, 64), model.device, NUM_CLASSES, 0
+    )
     assert targets[0]["padding_mask"][:40, :56].logical_not().all() and targets[0]["padding_mask"][40:].all()
     assert targets[0]["masks"].shape == (1, 64, 64) and targets[0]["masks"].sum() == gt_masks.sum()
 
@@ -170,27 +181,12 @@ def test_train_mode_returns_weighted_scalar_losses_and_never_reads_masks_in_box_
 
     bad = {**inst, "gt_classes": torch.tensor([NUM_CLASSES])}
     with pytest.raises(ValueError, match="NUM_CLASSES"):
-        model([{"image": image, "height": 40, "width": 56, "instances": bad}])
+        model([{"image": image, "height": 40, "width": 56, "instances": bad}], iteration=0)
 
     targets = image_targets(
-        [{"image": image, "instances": Poison(inst)}], (64, 64), torch.device("cpu"), NUM_CLASSES, with_masks=False
-    )  # what box and SIM supervision build
+        [{"image": image, "instances": Poison(inst)}], (64, 64), torch.device("cpu"), NUM_CLASSES
+    )  # what box and SIM supervision start from
     assert "masks" not in targets[0]
-
-
-def test_training_iteration_is_recorded_and_round_trips_through_state_dict():
-    model = stub_model().train()
-    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    inst = {
-        "gt_boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]),
-        "gt_classes": torch.tensor([1]),
-        "gt_masks": torch.ones(1, 32, 32, dtype=torch.bool),
-    }
-    model([{"image": image, "height": 32, "width": 32, "instances": inst}], iteration=1234)
-    assert model.current_iter == 1234
-    fresh = stub_model()
-    fresh.load_state_dict(model.state_dict())
-    assert fresh.current_iter == 1234
 
 
 def test_sliding_window_is_used_when_enabled(monkeypatch):
@@ -202,7 +198,7 @@ def test_sliding_window_is_used_when_enabled(monkeypatch):
         assert tile["pred_masks"].shape[-2:] == (32, 32)
         return tile
 
-    monkeypatch.setattr(sliding_window_module, "sliding_window_inference", fake_sliding_window)
+    monkeypatch.setattr(meta_arch_module, "sliding_window_inference", fake_sliding_window)
     sw = {"tile_size": 32, "stride": 24, "dedup_iou": 0.5, "border_margin": 2}
     model = stub_model(topk=4, sliding_window=sw)
     image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
@@ -221,7 +217,7 @@ def test_sliding_window_tiles_skip_queries_below_min_score(monkeypatch):
         seen["all"] = model.inference(tile)[0]["instances"]
         return seen["tile"]
 
-    monkeypatch.setattr(sliding_window_module, "sliding_window_inference", fake_sliding_window)
+    monkeypatch.setattr(meta_arch_module, "sliding_window_inference", fake_sliding_window)
     model = stub_model(topk=7)
     image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
     scores = model.inference([{"image": image[:, :32, :32], "height": 32, "width": 32}])[0]["instances"]["scores"]

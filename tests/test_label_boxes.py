@@ -16,6 +16,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools"
 
 NUCLEI_VAL = os.path.join(catalog.shared_data_root(), "dsb2018-nuclei", "annotations", "instances_val.json")
 NUCLEI_IMAGES = os.path.join(catalog.shared_data_root(), "dsb2018-nuclei", "images")
+TINY_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cpu", "tiny-overfit.yaml"
+)
 
 
 def test_assignment_is_one_to_one_within_the_class_and_above_the_iou():
@@ -178,3 +181,69 @@ def test_a_model_labels_boxes_through_the_predictor(tmp_path):
     assert result["summary"]["model_masks"] + result["summary"]["box_masks"] == len(source["annotations"])
     assert result["summary"]["model_masks"] > 0  # IoU 0 accepted: some instance of the class fits each box
     assert 0.0 <= result["reference"]["mean_mask_iou"] <= 1.0
+
+
+def _run_expecting_exit(argv, capsys):
+    """The message a failed run ends with (``parser.error`` or ``SystemExit(message)``); no traceback."""
+    with pytest.raises(SystemExit) as e:
+        lb.main(argv)
+    message = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code != 0
+    return message
+
+
+def test_missing_or_bad_inputs_exit_with_one_line_naming_the_file(tmp_path, capsys):
+    out = str(tmp_path / "out.json")
+    good = tmp_path / "boxes.json"
+    good.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    base = ["--image-root", str(tmp_path), "--output", out]
+
+    message = _run_expecting_exit(["--json", str(tmp_path / "missing.json"), *base, "--box-masks"], capsys)
+    assert "missing.json" in message and "not found" in message
+    (tmp_path / "empty.json").write_text("\n")
+    message = _run_expecting_exit(["--json", str(tmp_path / "empty.json"), *base, "--box-masks"], capsys)
+    assert "empty.json is empty" in message and "\n" not in message
+    (tmp_path / "bad.json").write_text('{"images": [,]}')
+    message = _run_expecting_exit(["--json", str(tmp_path / "bad.json"), *base, "--box-masks"], capsys)
+    assert "bad.json is not valid json (line 1 column" in message
+    (tmp_path / "list.json").write_text("[]")
+    message = _run_expecting_exit(["--json", str(tmp_path / "list.json"), *base, "--box-masks"], capsys)
+    assert "list.json must be a COCO json" in message
+
+    missing_root = ["--image-root", str(tmp_path / "no_images"), "--output", out]
+    message = _run_expecting_exit(["--json", str(good), *missing_root, "--box-masks"], capsys)
+    assert "--image-root" in message and "no_images" in message
+    weights = ["--config-file", TINY_CONFIG, "--weights", str(tmp_path / "missing.pth")]
+    message = _run_expecting_exit(["--json", str(good), *base, *weights], capsys)
+    assert "--weights" in message and "missing.pth" in message
+    message = _run_expecting_exit(["--json", str(good), *base], capsys)
+    assert "--config-file is needed" in message
+    message = _run_expecting_exit(["--json", str(good), *base, "--box-masks", "--reference", "nope.json"], capsys)
+    assert "--reference" in message and "nope.json" in message
+    assert not os.path.exists(out)
+
+
+def test_unreadable_image_exits_naming_it_and_keeps_the_finished_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    data = {
+        "images": [{"id": i, "file_name": n, "height": 8, "width": 8} for i, n in ((1, "a.png"), (2, "b.png"))],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 4, 4]} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    no_instances = {
+        "pred_masks": torch.zeros(0, 8, 8, dtype=torch.bool),
+        "pred_boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "pred_classes": torch.zeros(0, dtype=torch.int64),
+    }
+    monkeypatch.setattr(lb, "build_predictor", lambda args: (lambda image: no_instances, 1))
+    out = tmp_path / "out.json"
+    argv = ["--json", str(tmp_path / "boxes.json"), "--image-root", str(tmp_path), "--output", str(out)]
+    with pytest.raises(SystemExit) as e:
+        lb.main([*argv, "--config-file", TINY_CONFIG])
+    assert "boxes.json, image id 2: cannot read image file" in e.value.code and "b.png" in e.value.code
+    assert len(open(str(out) + ".partial.jsonl").readlines()) == 1  # image 1 is kept for --resume

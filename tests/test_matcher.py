@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mask2former_sim.modeling.losses.mask import batch_dice_cost, batch_sigmoid_ce_cost
-from mask2former_sim.modeling.mask_supervision import MaskCost
+from mask2former_sim.modeling.losses.mask import MaskCost, batch_dice_cost, batch_sigmoid_ce_cost
 from mask2former_sim.modeling.matcher import HungarianMatcher, sanitize_cost
 
 

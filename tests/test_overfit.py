@@ -98,7 +98,7 @@ def test_tiny_model_overfits_generated_shapes():
         start = time.perf_counter()
         first_loss, losses, ious = None, [], []
         for step in range(1, 401):
-            loss_dict = model(inputs)
+            loss_dict = model(inputs, iteration=step)
             loss = sum(loss_dict.values())
             assert torch.isfinite(loss), {k: float(v) for k, v in loss_dict.items()}
             optimizer.zero_grad()

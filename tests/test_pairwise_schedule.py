@@ -53,7 +53,7 @@ def test_adaptive_start_follows_the_running_box_iou(caplog):
             iou = 1.0 if logits is good else 0.0
             running = iou if running is None else 0.5 * running + 0.5 * iou
             expected_running.append(running)
-            stats = schedule.observe(iteration, logits, gt, box_masks, 4)
+            stats = schedule.observe(iteration, logits, gt, box_masks)
             assert stats["box_fit/running_box_iou"] == pytest.approx(running)
             if iteration < 3:
                 assert schedule.warmup_start() is None and stats["pairwise/factor"] == 0.0
@@ -63,7 +63,7 @@ def test_adaptive_start_follows_the_running_box_iou(caplog):
     assert schedule.factor(8) == pytest.approx(0.5)
     assert "the pairwise warm-up starts" in caplog.text
     # once started, the running mean stays where it was
-    schedule.observe(5, empty, gt, box_masks, 4)
+    schedule.observe(5, empty, gt, box_masks)
     assert float(schedule.running_box_iou) == pytest.approx(0.625)
 
 
@@ -71,17 +71,15 @@ def test_adaptive_start_waits_for_start_iter():
     schedule = PairwiseSchedule(start_iter=3, warmup_iters=0, start_box_iou=0.5)
     good = _square_logits(16, 2, 2, 6, 10)
     for iteration in range(3):
-        schedule.observe(iteration, good, torch.tensor([[8.0, 8.0, 40.0, 24.0]]), torch.ones(1, 16, 16), 4)
+        schedule.observe(iteration, good, torch.tensor([[8.0, 8.0, 40.0, 24.0]]), torch.ones(1, 16, 16))
     assert schedule.warmup_start() is None
-    schedule.observe(3, good, torch.tensor([[8.0, 8.0, 40.0, 24.0]]), torch.ones(1, 16, 16), 4)
+    schedule.observe(3, good, torch.tensor([[8.0, 8.0, 40.0, 24.0]]), torch.ones(1, 16, 16))
     assert schedule.warmup_start() == 3 and schedule.factor(3) == 1.0
 
 
 def test_adaptive_state_survives_a_checkpoint():
     schedule = PairwiseSchedule(start_iter=0, warmup_iters=10, start_box_iou=0.5)
-    schedule.observe(
-        7, _square_logits(16, 2, 2, 6, 10), torch.tensor([[8.0, 8.0, 40.0, 24.0]]), torch.ones(1, 16, 16), 4
-    )
+    schedule.observe(7, _square_logits(16, 2, 2, 6, 10), torch.tensor([[8.0, 8.0, 40.0, 24.0]]), torch.ones(1, 16, 16))
     restored = PairwiseSchedule(start_iter=0, warmup_iters=10, start_box_iou=0.5)
     restored.load_state_dict(schedule.state_dict())
     assert restored.warmup_start() == 7 and restored.factor(12) == pytest.approx(0.5)

@@ -1,4 +1,4 @@
-"""Online weakly-supervised copy-paste (SPEC §6): the occlusion update by hand, pixel-exact pastes at input
+"""Online weakly-supervised copy-paste (SIM §3.3, Eq. 9): the occlusion update by hand, pixel-exact pastes at input
 resolution, the bank stores copies."""
 
 import pytest

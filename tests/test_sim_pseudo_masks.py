@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from mask2former_sim.modeling.box_fit import mask_box_iou
-from mask2former_sim.modeling.losses.sim import weighted_bce_with_logits, weighted_dice_loss, weighted_mask_loss
+from mask2former_sim.modeling.losses.mask import dice_loss, sigmoid_ce_loss
+from mask2former_sim.modeling.losses.sim import weighted_mask_loss
 from mask2former_sim.modeling.sim.pseudo_masks import (
-    dynamic_tau_high,
     full_resolution_pseudo_masks,
     fuse_maps,
     gather_positives,
@@ -100,16 +100,6 @@ def test_full_resolution_pseudo_masks_by_hand():
     assert full_resolution_pseudo_masks(prob[:1], torch.tensor([0.5]), region[:1, :3, :2], 2).shape == (1, 3, 2)
 
 
-def test_dynamic_tau_high_ranks_and_clamps():
-    prob = torch.tensor([[[0.95, 0.85, 0.75, 0.5]]])
-    box = torch.ones(1, 1, 4)
-    inst = torch.tensor([[[0.9, 0.8, 0.1, 0.1]]])  # 2 pixels above 0.7 -> third largest value 0.75
-    assert torch.allclose(dynamic_tau_high(prob, inst, box, 0.7, 0.7, 0.8), torch.tensor([0.75]))
-    inst_all = torch.ones(1, 1, 4)  # n = 4 -> last value 0.5, clamped to 0.7
-    assert torch.allclose(dynamic_tau_high(prob, inst_all, box, 0.7, 0.7, 0.8), torch.tensor([0.7]))
-    assert torch.allclose(dynamic_tau_high(prob, inst * 0, box, 0.7, 0.7, 0.8), torch.tensor([0.8]))
-
-
 def test_mask_score_eq11():
     prob = torch.tensor([[[0.9, 0.8, 0.2]], [[0.1, 0.1, 0.1]]])
     labels = torch.tensor([[[1.0, 1.0, 0.0]], [[0.0, 0.0, 0.0]]])
@@ -164,13 +154,13 @@ def test_weighted_bce_and_dice_by_hand():
     weights = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     num = 4.0
     bce0 = (_bce(2.0, 1) + _bce(-1.0, 0) + _bce(3.0, 0)) / 3
-    assert math.isclose(float(weighted_bce_with_logits(logits, targets, weights, num)), bce0 / num, rel_tol=1e-5)
+    assert math.isclose(float(sigmoid_ce_loss(logits, targets, num, weights)), bce0 / num, rel_tol=1e-5)
     p = torch.sigmoid(logits)
     inter = 2 * float(p[0, 0]) + 1
     den = float(p[0, 0] + p[0, 1] + p[0, 3]) + 1 + 1
     dice0 = 1 - inter / den
     dice1 = 0.0  # nothing weighted: 1 - (0 + 1) / (0 + 1)
-    assert math.isclose(float(weighted_dice_loss(logits, targets, weights, num)), (dice0 + dice1) / num, rel_tol=1e-5)
+    assert math.isclose(float(dice_loss(logits, targets, num, weights)), (dice0 + dice1) / num, rel_tol=1e-5)
     total = weighted_mask_loss(logits.view(2, 2, 2), targets.view(2, 2, 2), weights.view(2, 2, 2), num)
     assert math.isclose(float(total), (bce0 + dice0 + dice1) / num, rel_tol=1e-5)
 
@@ -180,13 +170,13 @@ def test_losses_take_logits_not_probabilities_and_ignore_weight_zero_pixels():
     targets = torch.tensor([[1.0, 0.0, 1.0]])
     w_all = torch.ones(1, 3)
     w_ignore = torch.tensor([[1.0, 1.0, 0.0]])
-    assert float(weighted_bce_with_logits(logits, targets, w_ignore, 1.0)) < 1e-3  # confident and right
-    assert float(weighted_bce_with_logits(logits, targets, w_all, 1.0)) > 0.2  # the ignored pixel counts now
+    assert float(sigmoid_ce_loss(logits, targets, 1.0, w_ignore)) < 1e-3  # confident and right
+    assert float(sigmoid_ce_loss(logits, targets, 1.0, w_all)) > 0.2  # the ignored pixel counts now
     # with all weights 1 (the paste loss on real pixels): plain BCE + dice, gradients flow to the logits
     x = logits.clone().requires_grad_(True)
     loss = weighted_mask_loss(x, targets, w_all, 1.0)
     loss.backward()
-    expected = F.binary_cross_entropy_with_logits(logits, targets) + weighted_dice_loss(logits, targets, w_all, 1.0)
+    expected = F.binary_cross_entropy_with_logits(logits, targets) + dice_loss(logits, targets, 1.0, w_all)
     assert math.isclose(float(loss.detach()), float(expected), rel_tol=1e-5)
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
@@ -194,9 +184,9 @@ def test_losses_take_logits_not_probabilities_and_ignore_weight_zero_pixels():
 @pytest.mark.parametrize("num", [1.0, 3.0])
 def test_loss_normalised_by_number_of_instances(num):
     logits, targets = torch.zeros(2, 5), torch.ones(2, 5)
-    one = weighted_bce_with_logits(logits[:1], targets[:1], torch.ones(1, 5), 1.0)
+    one = sigmoid_ce_loss(logits[:1], targets[:1], 1.0, torch.ones(1, 5))
     assert math.isclose(
-        float(weighted_bce_with_logits(logits, targets, torch.ones(2, 5), num)), 2 * float(one) / num, rel_tol=1e-6
+        float(sigmoid_ce_loss(logits, targets, num, torch.ones(2, 5))), 2 * float(one) / num, rel_tol=1e-6
     )
 
 
@@ -212,12 +202,20 @@ def test_box_split_bce_is_half_the_in_box_mean_plus_half_the_outside_mean():
     for k in range(2):
         inside, outside = (certain[k] > 0) & region[k], (certain[k] > 0) & ~region[k]
         expected = 0.5 * bce[k][inside].mean() + 0.5 * bce[k][outside].mean()
-        got = weighted_bce_with_logits(logits[k : k + 1], labels[k : k + 1], weights[k : k + 1], 1.0)
+        got = sigmoid_ce_loss(logits[k : k + 1], labels[k : k + 1], 1.0, weights[k : k + 1])
         torch.testing.assert_close(got, expected)
     # the dice term sees the same pixels as with the binary weights
-    torch.testing.assert_close(
-        weighted_dice_loss(logits, labels, weights, 2.0), weighted_dice_loss(logits, labels, certain, 2.0)
-    )
+    torch.testing.assert_close(dice_loss(logits, labels, 2.0, weights), dice_loss(logits, labels, 2.0, certain))
     # no certain pixel outside: all the weight goes inside
     only_inside = split_region_weights(certain * region, region)
     torch.testing.assert_close(only_inside.flatten(1).sum(1), torch.ones(2))
+
+
+def test_weighted_losses_with_unit_weights_are_mask2formers_losses():
+    """One BCE and one dice serve both: SIM's weighted form with W = 1 is Mask2Former's per-point form."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 40, generator=generator) * 3
+    targets = (torch.rand(3, 40, generator=generator) > 0.5).float()
+    ones = torch.ones(3, 40)
+    torch.testing.assert_close(sigmoid_ce_loss(logits, targets, 2.0, ones), sigmoid_ce_loss(logits, targets, 2.0))
+    torch.testing.assert_close(dice_loss(logits, targets, 2.0, ones), dice_loss(logits, targets, 2.0))

@@ -8,19 +8,24 @@ import torch
 from torch import nn
 
 from mask2former_sim.engine import Trainer, seed_all_rng
+from mask2former_sim.engine.hooks import EMATeacherHook
 from mask2former_sim.engine.optimizer import get_param_groups
 from mask2former_sim.modeling.sim.teacher import EMATeacher
 
 
-def _parts():
+def _student():
     torch.manual_seed(0)
-    return [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Linear(4, 2), nn.Dropout(0.5)]
+    student = nn.Module()
+    student.backbone = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    student.pixel_decoder, student.transformer_decoder = nn.Linear(4, 2), nn.Dropout(0.5)
+    return student
 
 
 def test_ema_equals_the_formula_after_k_steps():
-    parts = _parts()
+    student = _student()
+    parts = [student.backbone, student.pixel_decoder, student.transformer_decoder]
     teacher = EMATeacher(backbone=parts[0], pixel_decoder=parts[1], transformer_decoder=parts[2], momentum=0.9)
-    teacher.copy_from(parts)
+    teacher.copy_from(student)
     t0 = [p.clone() for p in teacher.parameters()]
     history = []
     for k in range(3):
@@ -29,7 +34,7 @@ def test_ema_equals_the_formula_after_k_steps():
                 p.add_(0.1 * (k + 1))
         parts[0][1].running_mean.fill_(float(k))
         history.append([p.clone() for part in parts for p in part.parameters()])
-        teacher.update(parts)
+        teacher.update(student)
     for i, p in enumerate(teacher.parameters()):
         expected = t0[i]
         for step in history:
@@ -48,7 +53,7 @@ def test_teacher_is_frozen_in_eval_mode_and_outside_the_optimizer():
     cfg.MODEL.MASK_FORMER.SUPERVISION = "sim"
     model = build_model(cfg)
     model.train()
-    teacher = model.sim.teacher
+    teacher = model.supervision.sim.teacher
     assert not teacher.training and all(not m.training for m in teacher.modules())
     assert all(not p.requires_grad for p in teacher.parameters())
     teacher_ids = {id(p) for p in teacher.parameters()}
@@ -59,15 +64,16 @@ def test_teacher_is_frozen_in_eval_mode_and_outside_the_optimizer():
     with torch.no_grad():
         model.backbone.parameters().__next__().add_(1.0)
     assert not bool(teacher.initialized)
-    model.init_teacher()
+    hook = EMATeacherHook(teacher, model)
+    hook.before_train()
     s_first, t_first = next(model.backbone.parameters()), next(teacher.backbone.parameters())
     assert torch.equal(s_first, t_first) and s_first.data_ptr() != t_first.data_ptr()
     with torch.no_grad():
         s_first.add_(1.0)
-    model.init_teacher()
+    hook.before_train()  # an initialised (or restored) teacher is not copied again
     assert not torch.equal(s_first, t_first)
-    assert any(k.startswith("sim.teacher.") for k in model.state_dict())
-    assert "sim.prototypes.prototypes" in model.state_dict()
+    assert any(k.startswith("supervision.sim.teacher.") for k in model.state_dict())
+    assert "supervision.sim.prototypes.prototypes" in model.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -91,44 +97,40 @@ def test_resumed_sim_run_continues_with_the_same_teacher_and_prototypes(tmp_path
         return train_real_interrupted(cfg, stop_at, resume)
 
     full = run(tmp_path / "full")
-    teacher = full.model.sim.teacher
+    teacher = full.model.supervision.sim.teacher
     student_w = next(full.model.backbone.parameters())
     assert not torch.equal(next(teacher.backbone.parameters()), student_w)  # EMA lags the student
     run(tmp_path / "split", stop_at=1)  # stopped after the checkpoint of iteration 0
     resumed = run(tmp_path / "split", resume=True)
     assert resumed.start_iter == 1
     full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
-    checked = [k for k in full_state if k.startswith("sim.")]
-    assert "sim.prototypes.prototypes" in checked and any(k.startswith("sim.teacher.") for k in checked)
+    checked = [k for k in full_state if k.startswith("supervision.sim.")]
+    assert "supervision.sim.prototypes.prototypes" in checked
+    assert any(k.startswith("supervision.sim.teacher.") for k in checked)
     for name in full_state:
         torch.testing.assert_close(full_state[name], resumed_state[name], rtol=0, atol=1e-6, msg=name)
 
 
 class TeacherFakeModel(nn.Module):
-    """The engine's fake model with a SIM-style EMA teacher submodule (frozen, updated after each optimizer step,
-    copied from the student at the first forward as ``MaskFormer`` does)."""
+    """The engine's fake model with a SIM-style EMA teacher submodule (frozen; the trainer's EMATeacherHook copies
+    the student into it before training and updates it after each optimizer step)."""
 
     def __init__(self):
         super().__init__()
         from _engine_fakes import FakeModel
 
         self.student = FakeModel()
+        self.backbone, self.pixel_decoder = self.student.backbone, self.student.head
+        self.transformer_decoder = nn.Identity()
         self.teacher = EMATeacher(
-            backbone=self.student.backbone,
-            pixel_decoder=self.student.head,
-            transformer_decoder=nn.Identity(),
+            backbone=self.backbone,
+            pixel_decoder=self.pixel_decoder,
+            transformer_decoder=self.transformer_decoder,
             momentum=0.5,
         )
 
-    def parts(self):
-        return [self.student.backbone, self.student.head, nn.Identity()]
-
-    def after_optimizer_step(self):
-        self.teacher.update(self.parts())
-
     def forward(self, batch, iteration=None):
-        if not bool(self.teacher.initialized):
-            self.teacher.copy_from(self.parts())
+        assert bool(self.teacher.initialized), "the hook copies the student before training"
         losses = self.student(batch, iteration)
         with torch.no_grad():  # the teacher takes part in the forward, as in SIM, without gradients
             x = torch.stack([d["x"] for d in batch])

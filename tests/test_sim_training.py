@@ -9,12 +9,11 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
-from mask2former_sim.modeling.box_supervision import BoxInstLoss
 from mask2former_sim.modeling.criterion import LossContext
-from mask2former_sim.modeling.losses.boxinst import box_raster
-from mask2former_sim.modeling.losses.sim import weighted_mask_loss
-from mask2former_sim.modeling.sim.losses import paste_loss_family, pseudo_mask_loss_family
+from mask2former_sim.modeling.losses.boxinst import BoxInstLoss, box_raster
+from mask2former_sim.modeling.losses.sim import paste_loss_family, pseudo_mask_loss_family, weighted_mask_loss
 from mask2former_sim.modeling.sim.memory_bank import decode_masks
+from mask2former_sim.modeling.targets import TrainingStep
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
 
@@ -54,22 +53,32 @@ def _inputs(seed=0, size=32):
     return batch
 
 
+def _sim_model(cfg):
+    """The model in training mode, its teacher a copy of the student (what the trainer's hook does)."""
+    model = build_model(cfg)
+    model.train()
+    model.supervision.sim.teacher.copy_from(model)
+    return model
+
+
 def _capture_sim_results(model):
-    """Record what the SIM supervisor returns at every training forward."""
+    """Record the targets the SIM step returns and its statistics at every training forward."""
     results = []
-    forward = model.sim.forward
+    sim = model.supervision.sim
+    after_matching = sim.after_matching
 
     def spy(*args, **kwargs):
-        results.append(forward(*args, **kwargs))
-        return results[-1]
+        results.append({"targets": after_matching(*args, **kwargs)})
+        results[-1]["stats"] = sim.statistics()
+        return results[-1]["targets"]
 
-    model.sim.forward = spy
+    sim.after_matching = spy
     return results
 
 
 def _targets_and_matches(model, batch):
     images, _ = model.preprocess_images(batch)
-    targets = model.build_targets(batch, tuple(images.shape[-2:]))
+    targets = model.supervision.build_targets(batch, tuple(images.shape[-2:]), model.device, model.num_classes, 0)
     with torch.no_grad():
         outputs = model.forward_network(images)
         indices = model.criterion.match(outputs, targets)
@@ -79,9 +88,7 @@ def _targets_and_matches(model, batch):
 def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
     torch.manual_seed(0)
     cfg = _cfg(COPY_PASTE__PROB=1.0)
-    cfg.LOG_PERIOD = 1  # the teacher statistics are computed at logging iterations
-    model = build_model(cfg)
-    model.train()
+    model = _sim_model(cfg)
     results = _capture_sim_results(model)
     losses = model(_inputs(), iteration=0)
     weights = model.criterion.weight_dict
@@ -90,42 +97,46 @@ def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
     assert weights["loss_pseudo"] == 2.5 and weights["loss_paste"] == 5.0 and weights["loss_pseudo_0"] == 2.5
     assert all(torch.isfinite(v) for v in losses.values())
     assert float(losses["loss_pseudo"].detach()) > 0
-    stats = results[0].stats
-    assert {"teacher_box_iou", "teacher_box_fill", "pseudo_fg_fraction", "bank_size"} <= set(stats)
-    assert 0.0 <= stats["teacher_box_fill"] <= 1.0
-    assert len(results[0].pseudo) == 2 and results[0].pseudo[0][0].shape == (2, 8, 8)
+    stats = results[0]["stats"]
+    assert {f"sim/{k}" for k in ("teacher_box_iou", "teacher_box_fill", "pseudo_fg_fraction", "bank_size")} <= set(
+        stats
+    )
+    assert 0.0 <= stats["sim/teacher_box_fill"] <= 1.0 and stats["sim/started"] == 1.0
+    targets = results[0]["targets"]
+    assert len(targets) == 2 and targets[0]["pseudo_labels"].shape == (2, 8, 8)
+    assert model.training_statistics()["sim/teacher_box_iou"] == stats["sim/teacher_box_iou"]
     sum(losses.values()).backward()
-    assert all(p.grad is None for p in model.sim.teacher.parameters())
+    assert all(p.grad is None for p in model.supervision.sim.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer_decoder.parameters())
 
 
 def test_before_start_iter_only_box_losses_train_but_prototypes_move():
     torch.manual_seed(0)
-    model = build_model(_cfg(START_ITER=5, PROTO_MOMENTUM=0.5, INSTANCE_MAP_THRESH=0.0))
-    model.train()
+    model = _sim_model(_cfg(START_ITER=5, PROTO_MOMENTUM=0.5, INSTANCE_MAP_THRESH=0.0))
     results = _capture_sim_results(model)
-    before = model.sim.prototypes.prototypes.clone()
+    sim = model.supervision.sim
+    before = sim.prototypes.prototypes.clone()
     losses = model(_inputs(), iteration=0)
     assert float(losses["loss_pseudo"].detach()) == 0 and float(losses["loss_paste"].detach()) == 0
-    assert results[0].pseudo is None and results[0].stats is None  # LOG_PERIOD 20: not a logging iteration
-    assert not torch.equal(before, model.sim.prototypes.prototypes)
-    assert len(model.sim.bank) == 0  # the bank fills only once SIM has started
-    moved = (before - model.sim.prototypes.prototypes).abs().sum((1, 2)) > 0
+    assert not any("pseudo_labels" in t for t in results[0]["targets"]) and results[0]["stats"]["sim/started"] == 0
+    assert not torch.equal(before, sim.prototypes.prototypes)
+    assert len(sim.bank) == 0  # the bank fills only once SIM has started
+    moved = (before - sim.prototypes.prototypes).abs().sum((1, 2)) > 0
     assert moved.tolist() == [True, False, True]  # classes 0 and 2 present, class 1 absent
 
 
 def test_copy_paste_in_the_forward_and_pasted_instances_get_paste_and_box_losses_only():
     torch.manual_seed(0)
-    model = build_model(_cfg(COPY_PASTE__PROB=1.0, TAU_HIGH=0.3, TAU_LOW=0.2))  # low τ_high: masks reach the bank
-    model.train()
+    model = _sim_model(_cfg(COPY_PASTE__PROB=1.0, TAU_HIGH=0.3, TAU_LOW=0.2))  # low τ_high: masks reach the bank
     model(_inputs(0), iteration=0)
-    assert len(model.sim.bank) > 0
-    entry = model.sim.bank.entries[0]
+    sim = model.supervision.sim
+    assert len(sim.bank) > 0
+    entry = sim.bank.entries[0]
     masks = decode_masks(entry["masks"], torch.arange(len(entry["classes"])))
     assert masks.shape[-2:] == (32, 32)  # input resolution, not the stride-4 grid
     assert not bool((masks & ~box_raster(entry["boxes"], 32, 32)).any())  # inside each instance's box raster
 
-    pasted_inputs = model.sim.paste(_inputs(1), iteration=1)
+    pasted_inputs = sim.prepare_inputs(_inputs(1), iteration=1)
     inst = pasted_inputs[0]["instances"]
     assert bool(inst["pasted"].any()) and inst["paste_masks"].shape[0] == int(inst["pasted"].sum())
     assert "gt_masks" not in inst
@@ -190,21 +201,20 @@ def test_prototypes_are_centroids_of_the_students_features():
     # mean of the STUDENT's normalised features over its pixels (here a constant vector per image), whatever the
     # teacher's features are
     torch.manual_seed(0)
-    model = build_model(_cfg(START_ITER=10, PROTO_MOMENTUM=0.0, NUM_PROTOTYPES=1, INSTANCE_MAP_THRESH=-1.0))
-    model.train()
-    model.init_teacher()
+    model = _sim_model(_cfg(START_ITER=10, PROTO_MOMENTUM=0.0, NUM_PROTOTYPES=1, INSTANCE_MAP_THRESH=-1.0))
     batch = _inputs()
     images, targets, outputs, indices = _targets_and_matches(model, batch)
     dim, (h, w) = outputs["mask_features"].shape[1], outputs["mask_features"].shape[-2:]
     student = torch.zeros(2, dim, h, w)
     student[:, 0] = 3.0  # every pixel's student feature is (3, 1, 0, ...)
     student[:, 1] = 1.0
-    model.sim(images, batch, targets, indices, 0, student)
-    protos = model.sim.prototypes.prototypes
+    sim = model.supervision.sim
+    sim.after_matching(targets, TrainingStep(images, batch, {**outputs, "mask_features": student}, indices, 0))
+    protos = sim.prototypes.prototypes
     expected = torch.nn.functional.normalize(torch.tensor([3.0, 1.0] + [0.0] * (dim - 2)), dim=0)
     torch.testing.assert_close(protos[0, 0], expected)
     torch.testing.assert_close(protos[2, 0], expected)
-    teacher_features = torch.nn.functional.normalize(model.sim.teacher(images)["mask_features"], dim=1)
+    teacher_features = torch.nn.functional.normalize(sim.teacher(images)["mask_features"], dim=1)
     assert not torch.allclose(teacher_features[0, :, 0, 0], expected, atol=1e-3)
 
 
@@ -273,20 +283,20 @@ def test_pseudo_loss_divides_by_the_originals_and_paste_loss_by_the_pasted():
     torch.testing.assert_close(losses["loss_paste"], expected_paste)
 
 
-@pytest.mark.parametrize("positives", ["all_heads", "last_head"])
-def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
+def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches():
     torch.manual_seed(0)
-    model = build_model(_cfg(POSITIVES=positives))
+    model = build_model(_cfg())
     model.train()
-    model.init_teacher()
+    sim = model.supervision.sim
+    sim.teacher.copy_from(model)
     images, targets, outputs, indices = _targets_and_matches(model, _inputs())
     with torch.no_grad():
-        teacher_out = model.sim.teacher(images)
-    results = model.sim.pseudo_masks(teacher_out, targets, indices, model.sim.prototypes.prototypes)
+        teacher_out = sim.teacher(images)
+    results = sim.pseudo_masks(teacher_out, targets, indices, sim.prototypes.prototypes)
     heads = [teacher_out] + teacher_out["aux_outputs"]
     res = results[0]
     pos = res["positives"][0]
-    assert len(pos) == (len(heads) if positives == "all_heads" else 1)
+    assert len(pos) == len(heads)  # the GT's matched query at every head
     probs = torch.stack([heads[h]["pred_masks"][0, q].sigmoid() for h, q, _ in pos])
     w = torch.tensor([wt for _, _, wt in pos])
     torch.testing.assert_close(res["instance"][0], (w[:, None, None] * probs).sum(0), rtol=1e-5, atol=1e-6)
@@ -295,7 +305,7 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches(positives):
     # outside the box: label 0 with weight 1 (certain background, the default); "ignore" gives weight 0
     assert float(res["labels"][0][outside].sum()) == 0 and bool((res["weights"][0][outside] == 1).all())
     inside = ~outside
-    model.sim.pseudo_masks.outside_box = "ignore"
-    ignored = model.sim.pseudo_masks(teacher_out, targets, indices, model.sim.prototypes.prototypes)[0]
+    sim.pseudo_masks.outside_box = "ignore"
+    ignored = sim.pseudo_masks(teacher_out, targets, indices, sim.prototypes.prototypes)[0]
     assert float(ignored["weights"][0][outside].sum()) == 0
     torch.testing.assert_close(ignored["weights"][0][inside], res["weights"][0][inside])  # the box is unchanged

@@ -55,8 +55,8 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import build_train_loader, get_dataset_dicts, register_from_config
+from mask2former_sim.engine.hooks import EMATeacherHook
 from mask2former_sim.engine.trainer import Trainer
-from mask2former_sim.modeling import meta_arch
 from mask2former_sim.modeling.sim import supervisor
 
 MODES = ("mask", "box", "sim")
@@ -94,11 +94,13 @@ class StageTimer:
     """Accumulates synchronised wall time per stage name while ``enabled``.
 
     Times are exclusive: a timed stage called inside another (e.g. matching inside the criterion) is charged to
-    itself and removed from the caller, so the stages add up to at most the step.
+    itself and removed from the caller, so the stages add up to at most the step. ``clock`` returns seconds
+    (``time.perf_counter``; a test passes a fake one).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
         self.device = device
+        self.clock = clock
         self.enabled = False
         self.seconds: Dict[str, float] = defaultdict(float)
         self._children: List[float] = []  # per open stage: time spent in timed stages it called
@@ -108,13 +110,13 @@ class StageTimer:
             if not self.enabled:
                 return fn(*args, **kwargs)
             synchronize(self.device)
-            start = time.perf_counter()
+            start = self.clock()
             self._children.append(0.0)
             try:
                 return fn(*args, **kwargs)
             finally:
                 synchronize(self.device)
-                elapsed = time.perf_counter() - start
+                elapsed = self.clock() - start
                 self.seconds[name] += elapsed - self._children.pop()
                 if self._children:
                     self._children[-1] += elapsed
@@ -146,18 +148,22 @@ def stage_patches(trainer: Trainer) -> List[Tuple[Any, str, str]]:
         (model.transformer_decoder, "forward", "transformer decoder"),
         (model.criterion.matcher, "forward", "Hungarian matching"),
         (model.criterion, "forward", "losses"),
-        (meta_arch, "box_targets", "box targets (Lab, affinities)"),
         (torch.autograd, "backward", "backward"),
         (trainer, "_optimizer_step", "optimizer step"),
     ]
-    if model.sim is not None:
-        sim = model.sim
+    steps = dict(zip(model.supervision.step_names, model.supervision.steps))
+    if "box_targets" in steps:
+        stages.append((steps["box_targets"], "build_targets", "box targets (Lab, affinities)"))
+    if "pairwise_schedule" in steps:
+        stages.append((steps["pairwise_schedule"], "after_matching", "box fit of the matched masks"))
+    if "sim" in steps:
+        sim = steps["sim"]
         stages += [
-            (sim, "paste", "copy-paste (CPU)"),
-            (meta_arch, "paste_targets", "paste targets"),
+            (sim, "prepare_inputs", "copy-paste (CPU)"),
+            (supervisor, "paste_targets", "paste targets"),
             (sim.teacher, "forward", "teacher forward"),
             (type(sim.pseudo_masks), "__call__", "pseudo masks (Eq. 1, 6, 7)"),
-            (supervisor, "teacher_statistics", "teacher statistics (log steps)"),
+            (supervisor, "teacher_statistics", "teacher statistics"),
             (sim.prototypes, "update", "prototypes (Sinkhorn)"),
             (sim.teacher, "update", "teacher EMA"),
         ]
@@ -203,11 +209,16 @@ def training_stepper(cfg, batches: List[Any]) -> Tuple[Trainer, Callable[[], flo
     trainer._data_iter = itertools.cycle(batches)  # what train() would set, minus the loader
     trainer.model.train()
     device = trainer.device
+    teacher_hooks = [hook for hook in trainer.hooks if isinstance(hook, EMATeacherHook)]  # part of SIM's step
+    for hook in teacher_hooks:
+        hook.before_train()
 
     def step() -> float:
         synchronize(device)
         start = time.perf_counter()
         trainer.run_step()
+        for hook in teacher_hooks:
+            hook.after_step()
         synchronize(device)
         trainer.iter += 1
         return time.perf_counter() - start
@@ -378,7 +389,7 @@ def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[
     prepared = []
     for batch in batches:
         images, _ = ours.preprocess_images(batch)
-        targets = ours.build_targets(batch, tuple(images.shape[-2:]))
+        targets = ours.supervision.build_targets(batch, tuple(images.shape[-2:]), ours.device, ours.num_classes, 0)
         prepared.append((images, [t["masks"].float() for t in targets], [t["labels"] for t in targets]))
     cycle = itertools.cycle(prepared)
     params = sum(p.numel() for p in model.parameters()) / 1e6

@@ -39,7 +39,7 @@ from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from mask2former_sim.data.coco import read_image, segmentation_to_rle
+from mask2former_sim.data.coco import check_image_size, read_image, read_json, segmentation_to_rle
 from mask2former_sim.modeling.losses.boxinst import box_raster
 
 logger = logging.getLogger("mask2former_sim.label_boxes")
@@ -190,35 +190,66 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every file and folder the arguments name exists (checked before a model is built or an image labelled)."""
+    if not os.path.isfile(args.json):
+        parser.error(f"--json: file not found: {args.json}")
+    if not os.path.isdir(args.image_root):
+        parser.error(f"--image-root: folder not found: {args.image_root}")
+    if args.reference and not os.path.isfile(args.reference):
+        parser.error(f"--reference: file not found: {args.reference}")
+    if args.box_masks:
+        return
+    if not args.config_file:
+        parser.error("--config-file is needed to label with a model (or pass --box-masks)")
+    if not os.path.isfile(args.config_file):
+        parser.error(f"--config-file: file not found: {args.config_file}")
+    if args.weights and not os.path.isfile(args.weights):
+        parser.error(f"--weights: checkpoint not found: {args.weights}")
+
+
+def read_boxes_json(json_file: str) -> Dict[str, Any]:
+    """The COCO json to label; an empty, malformed or incomplete one exits with a message naming the file."""
+    try:
+        data = read_json(json_file)
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e)) from e
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+        found = sorted(data) if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise SystemExit(
+            f"{json_file} must be a COCO json with 'images', 'annotations' and 'categories'; found {found}"
+        )
+    return data
+
+
 def build_predictor(args: argparse.Namespace):
     from mask2former_sim import Predictor
     from mask2former_sim.config import get_cfg
 
-    if not args.config_file:
-        raise ValueError("--config-file is needed to label with a model (or pass --box-masks)")
     cfg = get_cfg(args.config_file, list(args.opts))
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError("give the trained model: --weights FILE (or MODEL.WEIGHTS in the config)")
+        raise SystemExit("give the trained model: --weights FILE (or MODEL.WEIGHTS in the config)")
+    if not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise SystemExit(f"MODEL.WEIGHTS of {args.config_file}: checkpoint not found: {cfg.MODEL.WEIGHTS}")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return Predictor(cfg), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    check_paths(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with open(args.json) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
-        raise ValueError(f"{args.json} must be a COCO json with 'images', 'annotations' and 'categories'")
+    data = read_boxes_json(args.json)
     class_index = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
     predictor = None
     if not args.box_masks:
         predictor, num_classes = build_predictor(args)
         if len(class_index) != num_classes and not args.class_agnostic:
-            raise ValueError(
+            raise SystemExit(
                 f"{args.json} has {len(class_index)} categories but the model {num_classes} classes; "
                 "use the json of the training categories or --class-agnostic"
             )
@@ -238,12 +269,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             anns = anns_of.get(info["id"], [])
             instances = None
             if predictor is not None and anns:
-                image = read_image(os.path.join(args.image_root, info["file_name"]))
-                if image.shape[:2] != (info["height"], info["width"]):
-                    raise ValueError(
-                        f"image {info['file_name']} is {image.shape[1]}x{image.shape[0]} but {args.json} says "
-                        f"{info['width']}x{info['height']}"
-                    )
+                path = os.path.join(args.image_root, info["file_name"])
+                try:
+                    image = read_image(path)
+                    check_image_size(image, {**info, "file_name": path})
+                except (OSError, ValueError) as e:  # the images done so far are kept for --resume
+                    raise SystemExit(f"{args.json}, image id {info['id']}: {e}") from e
                 instances = predictor(image)
             labelled = label_image(info, anns, instances, class_index, args.min_box_iou, args.class_agnostic)
             done[info["id"]] = labelled

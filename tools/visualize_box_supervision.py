@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import InstanceDatasetMapper, get_dataset_dicts, get_metadata, register_from_config
-from mask2former_sim.engine import load_model_weights
+from mask2former_sim.engine import load_checkpoint_file, load_model_weights
 from mask2former_sim.modeling import build_model
 from mask2former_sim.utils.visualizer import class_name, draw_instances_on_image, save_image
 
@@ -70,7 +70,9 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def capture_targets(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[Dict]]:
+def capture_targets(
+    model: torch.nn.Module, inputs: List[Dict[str, Any]], iteration: int
+) -> Tuple[Dict[str, Any], List[Dict]]:
     """Run the model's training forward (no gradients) and return the outputs and targets its criterion got."""
     captured: Dict[str, Any] = {}
     criterion_forward = model.criterion.forward
@@ -82,13 +84,13 @@ def capture_targets(model: torch.nn.Module, inputs: List[Dict[str, Any]]) -> Tup
     model.criterion.forward = spy
     try:
         with torch.no_grad():
-            losses = model(inputs)
+            losses = model(inputs, iteration=iteration)
     finally:
         del model.criterion.forward  # back to the class method
     final = sorted((k, v.item()) for k, v in losses.items() if not k[-1].isdigit())  # final head only
     logger.info(
         "weighted losses of the final head at iteration %d (pairwise warm-up applied): %s",
-        model.current_iter,
+        iteration,
         ", ".join(f"{k} {v:.3f}" for k, v in final),
     )
     return captured["outputs"], captured["targets"]
@@ -176,15 +178,18 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     names = get_metadata(dataset).get("thing_classes")
     mapper = InstanceDatasetMapper.from_config(cfg)
     model = build_model(cfg)
+    iteration = 0
     if args.weights:
-        load_model_weights(model, args.weights)  # with the checkpoint's iteration: the pairwise warm-up as trained
+        load_model_weights(model, args.weights)
+        checkpoint = load_checkpoint_file(args.weights, allow_pickle=True)
+        iteration = int(checkpoint.get("iteration", 0)) if isinstance(checkpoint, dict) else 0  # warm-up as trained
     model.train()  # the training forward builds the targets; with no_grad nothing is updated but BN statistics
     matcher = model.criterion.matcher
     os.makedirs(args.output, exist_ok=True)
     records = []
     for k, d in enumerate(dicts):
         inp = mapper(d, np.random.default_rng(args.seed + k))
-        outputs, targets = capture_targets(model, [inp])
+        outputs, targets = capture_targets(model, [inp], iteration)
         final_head = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"]}
         indices = matcher(final_head, targets)[0]
         records.append(draw_image(k, inp, final_head, targets[0], indices, cfg, names, args.output))

@@ -65,11 +65,12 @@ def compute_maps(model, x: Dict[str, Any]) -> Dict[str, Any]:
     """The SIM maps of one input (the model's pseudo-mask generator with the student's matching)."""
     batch = [x]
     images, _ = model.preprocess_images(batch)
-    targets = model.build_targets(batch, tuple(images.shape[-2:]))
+    targets = model.supervision.build_targets(batch, tuple(images.shape[-2:]), model.device, model.num_classes, 0)
     outputs = model.forward_network(images)
     indices = model.criterion.match(outputs, targets)
-    teacher_outputs = model.sim.teacher(images)
-    return model.sim.pseudo_masks(teacher_outputs, targets, indices, model.sim.prototypes.prototypes)[0]
+    sim = model.supervision.sim
+    teacher_outputs = sim.teacher(images)
+    return sim.pseudo_masks(teacher_outputs, targets, indices, sim.prototypes.prototypes)[0]
 
 
 def _gray(m: torch.Tensor, size) -> Image.Image:
@@ -144,7 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     model = build_model(cfg)
     if args.weights:
         load_model_weights(model, args.weights)
-    model.init_teacher()
+    sim = model.supervision.sim
+    if not bool(sim.teacher.initialized):  # a checkpoint without a teacher: the student's weights
+        sim.teacher.copy_from(model)
     model.eval()
     os.makedirs(args.output, exist_ok=True)
     written = []
@@ -152,9 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         res = compute_maps(model, x)
         stem = os.path.splitext(os.path.basename(x["file_name"]))[0]
         for row, k in enumerate(res["gt"].tolist()):
-            panel = render_panels(
-                x["image"], x["instances"]["gt_boxes"][k].tolist(), res, row, model.sim.pseudo_masks.stride
-            )
+            panel = render_panels(x["image"], x["instances"]["gt_boxes"][k].tolist(), res, row, sim.pseudo_masks.stride)
             path = os.path.join(args.output, f"{stem}_gt{k}.png")
             panel.save(path)
             written.append(path)

@@ -7,9 +7,12 @@ key an error that names the key, the file it came from, and the closest existing
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Iterable, List, Optional
 
 from fvcore.common.config import CfgNode as _FvCfgNode
+
+from .defaults import _C
 
 __all__ = ["CfgNode", "get_cfg", "UnknownConfigKeyError"]
 
@@ -62,8 +65,6 @@ class CfgNode(_FvCfgNode):
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         """Merge a YAML file (resolving ``_BASE_`` chains relative to the file)."""
-        import os
-
         if not os.path.isfile(cfg_filename):
             raise FileNotFoundError(f"config file not found: {cfg_filename}")
         loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
@@ -88,8 +89,6 @@ def get_cfg(config_file: Optional[str] = None, overrides: Optional[list] = None)
 
     Optionally merges ``config_file`` and then the ``KEY VALUE`` list ``overrides``.
     """
-    from .defaults import _C
-
     cfg = CfgNode(_C.clone())
     if config_file:
         cfg.merge_from_file(config_file)

@@ -3,18 +3,21 @@
 Key names follow detectron2 / Mask2Former (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``, ``SOLVER.*``,
 ``INPUT.*``, ``DATASETS.*``, ``TEST.*``) so that their YAML files read the same here. Defaults are
 Mask2Former's COCO instance-segmentation values unless a comment says otherwise.
+
+Keys marked "supported: X" are detectron2 / Mask2Former keys kept so that their YAML files load, for a choice
+implemented one way only: :func:`~mask2former_sim.config.checks.check_supported_choices` rejects any other value.
 """
 
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 _C = _FvCfgNode()
-_C.VERSION = 2  # config format version (detectron2 uses 2)
+_C.VERSION = 2  # detectron2 config format version; supported: 2
 
 # ---------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------
 _C.MODEL = _FvCfgNode()
-_C.MODEL.META_ARCHITECTURE = "MaskFormer"  # the only meta architecture; kept for detectron2 YAML compatibility
+_C.MODEL.META_ARCHITECTURE = "MaskFormer"  # detectron2 meta architecture; supported: "MaskFormer"
 _C.MODEL.DEVICE = "cpu"  # "cpu" or "cuda"; train_net.py switches to cuda when --num-gpus > 0 and CUDA exists
 _C.MODEL.WEIGHTS = ""  # checkpoint of the whole model to load (ours, or a backbone-only file, see BACKBONE.WEIGHTS)
 _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # ImageNet RGB mean in 0-255 units (Mask2Former)
@@ -32,13 +35,13 @@ _C.MODEL.BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # strides 4/8
 
 # Mask2Former head: pixel decoder ("SEM_SEG_HEAD" in Mask2Former's naming)
 _C.MODEL.SEM_SEG_HEAD = _FvCfgNode()
-_C.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # kept for Mask2Former YAML compatibility
-_C.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # the only pixel decoder
+_C.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"  # Mask2Former head; supported: "MaskFormerHead"
+_C.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # supported: "MSDeformAttnPixelDecoder"
 _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features the decoder reads
 _C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]  # encoder levels
 _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 80  # number of thing classes (COCO 80); set from the dataset by train_net.py
-_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # kept for Mask2Former YAML compatibility
-_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # kept for Mask2Former YAML compatibility
+_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # semantic-segmentation ignore label; supported: 255
+_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # Mask2Former head loss scale; supported: 1.0 (weights: MASK_FORMER.*)
 _C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # pixel decoder width d
 _C.MODEL.SEM_SEG_HEAD.MASK_DIM = 256  # channels of mask_features
 _C.MODEL.SEM_SEG_HEAD.NORM = "GN"  # norm of the projections and FPN convs (GroupNorm(32, d))
@@ -52,8 +55,8 @@ _C.MODEL.SEM_SEG_HEAD.MSDA_IM2COL_STEP = 128  # batch chunk of the CUDA op (Mask
 
 _C.MODEL.MASK_FORMER = _FvCfgNode()
 _C.MODEL.MASK_FORMER.SUPERVISION = "mask"  # "mask" (fully supervised), "box" (BoxInst-M2F), "sim" (SIM)
-_C.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # the only decoder
-_C.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # kept for YAML compatibility
+_C.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # supported: this one
+_C.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # supported: "multi_scale_pixel_decoder"
 _C.MODEL.MASK_FORMER.DEEP_SUPERVISION = True  # losses on every prediction head
 _C.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1  # CE weight of the "no object" class
 _C.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0  # weight of loss_ce and of the class matching cost
@@ -64,7 +67,7 @@ _C.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100  # learnable queries
 _C.MODEL.MASK_FORMER.NHEADS = 8  # attention heads of the transformer decoder
 _C.MODEL.MASK_FORMER.DROPOUT = 0.0  # dropout in decoder and encoder
 _C.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048  # decoder FFN width
-_C.MODEL.MASK_FORMER.ENC_LAYERS = 0  # kept for YAML compatibility (no extra encoder)
+_C.MODEL.MASK_FORMER.ENC_LAYERS = 0  # MaskFormer's extra transformer encoder; supported: 0 (none)
 _C.MODEL.MASK_FORMER.DEC_LAYERS = 10  # 9 masked-attention layers + the learnable-query head
 _C.MODEL.MASK_FORMER.PRE_NORM = False  # post-norm as Mask2Former
 _C.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False  # 1x1 input projection even when channels match
@@ -74,12 +77,12 @@ _C.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # PointRend importance sampling ove
 _C.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken by uncertainty
 
 _C.MODEL.MASK_FORMER.TEST = _FvCfgNode()
-_C.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True  # instance segmentation output (the only task here)
-_C.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False  # kept for YAML compatibility
-_C.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # kept for YAML compatibility
-_C.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8  # kept for YAML compatibility (panoptic only)
-_C.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8  # kept for YAML compatibility (panoptic only)
-_C.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # kept for YAML compatibility
+_C.MODEL.MASK_FORMER.TEST.INSTANCE_ON = True  # instance segmentation output; supported: True (the only task)
+_C.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False  # semantic segmentation output; supported: False
+_C.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False  # panoptic segmentation output; supported: False
+_C.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.8  # panoptic inference only; supported: 0.8 (Mask2Former's)
+_C.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.8  # panoptic inference only; supported: 0.8 (Mask2Former's)
+_C.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # semantic inference; supported: False
 
 # Swin options of Mask2Former's configs, mapped onto timm's Swin (EMBED_DIM/DEPTHS/... select the timm variant)
 _C.MODEL.SWIN = _FvCfgNode()
@@ -91,26 +94,26 @@ _C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # heads per stage
 _C.MODEL.SWIN.WINDOW_SIZE = 7  # attention window
 _C.MODEL.SWIN.MLP_RATIO = 4.0  # MLP expansion
 _C.MODEL.SWIN.QKV_BIAS = True  # bias in qkv projections
-_C.MODEL.SWIN.QK_SCALE = None  # kept for YAML compatibility (timm uses head_dim ** -0.5)
+_C.MODEL.SWIN.QK_SCALE = None  # attention scale; supported: None (head_dim ** -0.5, as timm)
 _C.MODEL.SWIN.DROP_RATE = 0.0  # dropout
 _C.MODEL.SWIN.ATTN_DROP_RATE = 0.0  # attention dropout
 _C.MODEL.SWIN.DROP_PATH_RATE = 0.3  # stochastic depth (used when BACKBONE.NAME is a Swin)
 _C.MODEL.SWIN.APE = False  # absolute position embedding (off as Mask2Former)
-_C.MODEL.SWIN.PATCH_NORM = True  # norm after patch embedding
-_C.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # kept for YAML compatibility
+_C.MODEL.SWIN.PATCH_NORM = True  # norm after patch embedding; supported: True (timm)
+_C.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # supported: MODEL.BACKBONE.OUT_FEATURES
 _C.MODEL.SWIN.USE_CHECKPOINT = False  # gradient checkpointing
 
-# kept for detectron2 YAML compatibility (ResNet depth is read from BACKBONE.NAME)
+# detectron2's ResNet keys: the ResNets are timm's (torchvision layout), named by BACKBONE.NAME
 _C.MODEL.RESNETS = _FvCfgNode()
 _C.MODEL.RESNETS.DEPTH = 50  # used only when BACKBONE.NAME is "build_resnet_backbone" (detectron2 name)
-_C.MODEL.RESNETS.STEM_TYPE = "basic"  # kept for YAML compatibility
-_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64  # kept for YAML compatibility
-_C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # kept for YAML compatibility (torchvision layout)
-_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # kept for YAML compatibility
-_C.MODEL.RESNETS.NORM = "FrozenBN"  # kept for YAML compatibility (see BACKBONE.FREEZE_BN)
-_C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # kept for YAML compatibility
+_C.MODEL.RESNETS.STEM_TYPE = "basic"  # stem; supported: "basic" (one 7x7 convolution)
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64  # stem width; supported: 64
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # stride in the 1x1 (MSRA) conv; supported: False (stride in the 3x3)
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # supported: MODEL.BACKBONE.OUT_FEATURES
+_C.MODEL.RESNETS.NORM = "FrozenBN"  # supported: "FrozenBN"; trainable batch norms: MODEL.BACKBONE.FREEZE_BN False
+_C.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # res5 dilation multipliers; supported: [1, 1, 1] (no dilation)
 
-# BoxInst-M2F: box-only supervision (SUPERVISION "box" and "sim"); BoxInst (Tian et al. 2021) and SPEC §3-4
+# BoxInst-M2F: box-only supervision (SUPERVISION "box" and "sim"); BoxInst (Tian et al., CVPR 2021); docs/DESIGN.md
 _C.MODEL.BOXINST = _FvCfgNode()
 _C.MODEL.BOXINST.MASK_STRIDE = 4  # stride of the predicted masks and of the sampled box masks (offset stride // 2)
 _C.MODEL.BOXINST.PROJECTION_WEIGHT = 5.0  # weight of loss_proj (BoxInst 1:1 at Mask2Former's mask-loss scale)
@@ -122,9 +125,9 @@ _C.MODEL.BOXINST.PAIRWISE.DILATION = 2  # neighbourhood dilation (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.COLOR_THRESH = 0.3  # an edge counts when its colour similarity is at least this (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.THETA = 2.0  # similarity exp(-||dLab|| / THETA) (BoxInst)
 _C.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS = 10000  # linear warm-up of the pairwise weight (BoxInst)
-# the pairwise term drives every cell towards the side of 0.5 it is on: started before the masks are formed it
-# empties them into outlines (docs/RESULTS.md); the CPU configs start it at half the run
-_C.MODEL.BOXINST.PAIRWISE.START_ITER = 0  # the pairwise warm-up starts here; projection alone before (BoxInst: 0)
+# the pairwise warm-up starts at START_ITER, projection alone before (BoxInst: 0; on Mask2Former the masks must have
+# formed first: docs/DESIGN.md)
+_C.MODEL.BOXINST.PAIRWISE.START_ITER = 0  # first iteration of the pairwise warm-up (the earliest, with START_BOX_IOU)
 # > 0: the warm-up starts at the first iteration >= START_ITER at which the running mean of the final head's matched
 # masks' box IoU reaches this (the masks have formed; modeling/pairwise_schedule.py)
 _C.MODEL.BOXINST.PAIRWISE.START_BOX_IOU = 0.0  # 0: the warm-up starts at START_ITER
@@ -133,29 +136,27 @@ _C.MODEL.BOXINST.MATCHER = _FvCfgNode()
 _C.MODEL.BOXINST.MATCHER.COST_CLASS = 2.0  # weight of -p_cls in the box matching cost
 _C.MODEL.BOXINST.MATCHER.COST_PROJECTION = 5.0  # weight of the batched projection-dice cost
 
-# SIM (Li et al., CVPR 2023) on top of BoxInst-M2F (SUPERVISION "sim"); SPEC §5-6, §10
+# SIM (Li et al., CVPR 2023) on top of BoxInst-M2F (SUPERVISION "sim"); where we depart from the paper and the
+# official code, and why: docs/DESIGN.md
 _C.MODEL.SIM = _FvCfgNode()
 _C.MODEL.SIM.EMA_MOMENTUM = 0.9999  # teacher EMA momentum per optimizer step (paper §4.1)
 _C.MODEL.SIM.NUM_PROTOTYPES = 10  # prototypes L per class (paper Table 5)
 _C.MODEL.SIM.PROTO_MOMENTUM = 0.999  # prototype EMA momentum γ, Eq. 4 (paper §4.1)
-_C.MODEL.SIM.PROTO_TEMPERATURE = 1.0  # τ of M_S = σ(max_l <z, p_l> / τ), Eq. 1 (paper Table 8 best; SPEC §10)
+_C.MODEL.SIM.PROTO_TEMPERATURE = 1.0  # τ of M_S = σ(max_l <z, p_l> / τ), Eq. 1 (paper Table 8 best, the official code)
 _C.MODEL.SIM.SINKHORN_ITERS = 3  # Sinkhorn-Knopp iterations, Eq. 3 (official code)
 _C.MODEL.SIM.SINKHORN_EPSILON = 0.05  # entropy weight ε of Eq. 2 (official code)
 _C.MODEL.SIM.IOU_MU = 5.0  # μ of the positive weights w = exp(μ·IoU), Eq. 6 (paper Table 6)
 _C.MODEL.SIM.ALPHA = 0.5  # self-correction α: M̂ = (1-α)·M_S + α·M_I, Eq. 7 (paper Table 4)
 _C.MODEL.SIM.TAU_LOW = 0.3  # pixels with M̂ <= this are pseudo background (paper Table 7)
 _C.MODEL.SIM.TAU_HIGH = 0.7  # pixels with M̂ >= this are pseudo foreground; in between ignored (paper Table 7)
-_C.MODEL.SIM.DYNAMIC_TAU_HIGH = False  # per-instance τ_high from the M_I pixel count (official code; SPEC §10 option)
-_C.MODEL.SIM.DYNAMIC_TAU_RANGE = [0.7, 0.8]  # clamp range of the dynamic τ_high (official code)
-# "ignore" (weight 0, the official code) lets Mask2Former's masks grow past their boxes (docs/RESULTS.md §2)
-_C.MODEL.SIM.OUTSIDE_BOX = "background"  # pseudo loss outside the GT box: "background" (certain) or "ignore"
+# pixels outside the GT box in the pseudo loss: certain "background" or "ignore"d (weight 0, the official code)
+_C.MODEL.SIM.OUTSIDE_BOX = "background"  # "background" or "ignore" (docs/DESIGN.md)
 # Eq. 8's BCE: "image" = a mean over every certain pixel; "box_split" = half over those inside the box, half outside
 _C.MODEL.SIM.PSEUDO_BCE_NORMALISATION = "image"  # "image" or "box_split"
 _C.MODEL.SIM.INSTANCE_MAP_THRESH = 0.7  # M_I > this inside the box: prototype pixels before START_ITER (official code)
-_C.MODEL.SIM.POSITIVES = "all_heads"  # Eq. 6 positives: matched query of "all_heads" or the "last_head" only
 _C.MODEL.SIM.START_ITER = 10000  # pseudo and paste losses from this iteration on (paper: 10k of 90k)
-_C.MODEL.SIM.PSEUDO_WEIGHT = 2.5  # weight of loss_pseudo: λ1 0.5 x Mask2Former's mask weight 5 (SPEC §5)
-_C.MODEL.SIM.PASTE_WEIGHT = 5.0  # weight of loss_paste: λ2 1 x Mask2Former's mask weight 5 (SPEC §5)
+_C.MODEL.SIM.PSEUDO_WEIGHT = 2.5  # weight of loss_pseudo: λ1 0.5 x Mask2Former's mask weight 5 (SIM Eq. 10)
+_C.MODEL.SIM.PASTE_WEIGHT = 5.0  # weight of loss_paste: λ2 1 x Mask2Former's mask weight 5 (SIM Eq. 10)
 _C.MODEL.SIM.COPY_PASTE = _FvCfgNode()
 _C.MODEL.SIM.COPY_PASTE.ENABLED = True  # online weakly-supervised copy-paste, Eq. 9 (paper §3.3)
 _C.MODEL.SIM.COPY_PASTE.MEMORY_LENGTH = 100  # FIFO memory bank length in images, per process (paper §4.1)
@@ -169,7 +170,7 @@ _C.MODEL.SIM.COPY_PASTE.SCORE_POWER = 3.0  # instances sampled ∝ S^power, S of
 # Input and augmentation
 # ---------------------------------------------------------------------------------------------------------
 _C.INPUT = _FvCfgNode()
-_C.INPUT.FORMAT = "RGB"  # model input channel order (Mask2Former: RGB)
+_C.INPUT.FORMAT = "RGB"  # model input channel order; supported: "RGB" (Mask2Former)
 _C.INPUT.DATASET_MAPPER_NAME = "coco_instance_lsj"  # "coco_instance_lsj", "multi_scale" or "scale_crop"
 _C.INPUT.IMAGE_SIZE = 1024  # LSJ target size (square crop)
 _C.INPUT.MIN_SCALE = 0.1  # LSJ resize-scale range of IMAGE_SIZE, lower end (scale_crop: of the image's own size)
@@ -185,9 +186,9 @@ _C.INPUT.CROP = _FvCfgNode()
 _C.INPUT.CROP.ENABLED = False  # multi_scale mapper: random crop after resize
 _C.INPUT.CROP.TYPE = "absolute"  # multi_scale mapper: crop type ("absolute": CROP.SIZE in pixels)
 _C.INPUT.CROP.SIZE = [640, 640]  # multi_scale mapper: crop size (h, w)
-_C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # kept for YAML compatibility
-_C.INPUT.SIZE_DIVISIBILITY = -1  # kept for YAML compatibility (MODEL.MASK_FORMER.SIZE_DIVISIBILITY is used)
-_C.INPUT.COLOR_AUG_SSD = False  # kept for YAML compatibility
+_C.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # semantic crop constraint; supported: 1.0 (none)
+_C.INPUT.SIZE_DIVISIBILITY = -1  # semantic mapper padding; supported: -1 (MODEL.MASK_FORMER.SIZE_DIVISIBILITY pads)
+_C.INPUT.COLOR_AUG_SSD = False  # SSD colour augmentation; supported: False
 _C.INPUT.PAD_VALUE = 128  # pixel value of LSJ padding (Mask2Former FixedSizeCrop)
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +202,7 @@ _C.DATASETS.REGISTER = []  # extra datasets as "name:json_path:image_root" strin
 _C.DATALOADER = _FvCfgNode()
 _C.DATALOADER.NUM_WORKERS = 4  # data-loading worker processes per training process
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True  # drop training images with no usable instance
-_C.DATALOADER.ASPECT_RATIO_GROUPING = False  # kept for YAML compatibility (LSJ crops are square)
+_C.DATALOADER.ASPECT_RATIO_GROUPING = False  # batches by aspect ratio; supported: False (LSJ crops are square)
 
 # ---------------------------------------------------------------------------------------------------------
 # Solver
@@ -216,7 +217,7 @@ _C.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embeddings (queries, level
 _C.SOLVER.BACKBONE_MULTIPLIER = 0.1  # backbone lr = BASE_LR * this
 _C.SOLVER.IMS_PER_BATCH = 16  # total batch over all processes (per step, before accumulation)
 _C.SOLVER.GRAD_ACCUM_STEPS = 1  # micro-batches accumulated per optimizer step (small GPUs)
-_C.SOLVER.MAX_ITER = 368750  # optimizer steps (COCO 50 epochs at batch 16)
+_C.SOLVER.MAX_ITER = 368750  # optimizer steps, > 0 to train (COCO 50 epochs at batch 16)
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # "WarmupMultiStepLR" or "WarmupPolyLR"
 _C.SOLVER.STEPS = (327778, 355092)  # multi-step milestones (Mask2Former COCO)
 _C.SOLVER.GAMMA = 0.1  # multi-step decay factor

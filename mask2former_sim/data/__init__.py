@@ -1,35 +1,34 @@
-"""Data: dataset registry, COCO loading and validation, augmentation, mappers, loaders, synthetic data.
+"""Data: dataset registry, COCO loading and validation, augmentation, mappers, loaders, synthetic data."""
 
-Exports resolve lazily, so ``tools/make_synthetic_dataset.py`` and the registry work without importing torch.
-"""
+from .build import build_test_loader, build_train_loader, per_process_batch_size
+from .catalog import (
+    get_dataset_dicts,
+    get_metadata,
+    list_datasets,
+    register_coco_instances,
+    register_from_config,
+    register_from_string,
+    remove_dataset,
+)
+from .coco import load_coco_json, read_image
+from .mapper import InferenceDatasetMapper, InstanceDatasetMapper
+from .synthetic import SyntheticConfig, generate_synthetic_dataset
 
-from importlib import import_module
-from typing import Any
-
-_EXPORTS = {
-    "build_test_loader": "build",
-    "build_train_loader": "build",
-    "per_process_batch_size": "build",
-    "get_dataset_dicts": "catalog",
-    "get_metadata": "catalog",
-    "is_registered": "catalog",
-    "list_datasets": "catalog",
-    "register_coco_instances": "catalog",
-    "register_from_config": "catalog",
-    "register_from_string": "catalog",
-    "remove_dataset": "catalog",
-    "load_coco_json": "coco",
-    "read_image": "coco",
-    "InferenceDatasetMapper": "mapper",
-    "InstanceDatasetMapper": "mapper",
-    "SyntheticConfig": "synthetic",
-    "generate_synthetic_dataset": "synthetic",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mask2former_sim.data' has no attribute {name!r}")
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+__all__ = [
+    "build_test_loader",
+    "build_train_loader",
+    "per_process_batch_size",
+    "get_dataset_dicts",
+    "get_metadata",
+    "list_datasets",
+    "register_coco_instances",
+    "register_from_config",
+    "register_from_string",
+    "remove_dataset",
+    "load_coco_json",
+    "read_image",
+    "InferenceDatasetMapper",
+    "InstanceDatasetMapper",
+    "SyntheticConfig",
+    "generate_synthetic_dataset",
+]

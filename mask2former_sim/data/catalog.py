@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from .coco import load_coco_json, read_categories
+from .synthetic import BUILTIN_SYNTHETIC, ensure_synthetic_dataset
+
 logger = logging.getLogger(__name__)
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -110,10 +113,6 @@ def list_datasets() -> List[str]:
     return sorted(_REGISTRY)
 
 
-def is_registered(name: str) -> bool:
-    return name in _REGISTRY
-
-
 def get_entry(name: str) -> DatasetEntry:
     """The registry entry of ``name``; an unknown name is an error listing the registered names."""
     if name not in _REGISTRY:
@@ -129,8 +128,6 @@ def get_entry(name: str) -> DatasetEntry:
 
 def get_dataset_dicts(name: str) -> List[Dict[str, Any]]:
     """Load the dataset dicts of ``name`` (see :func:`mask2former_sim.data.coco.load_coco_json`)."""
-    from .coco import load_coco_json
-
     entry = get_entry(name)
     return load_coco_json(entry.json_file(), entry.image_root(), dataset_name=name)
 
@@ -143,8 +140,6 @@ def get_metadata(name: str) -> Dict[str, Any]:
     entry = get_entry(name)
     json_file = entry.json_file()
     if entry.metadata.get("json_file") != json_file:
-        from .coco import read_categories
-
         classes, id_map = read_categories(json_file)
         entry.metadata = {
             "json_file": json_file,
@@ -212,8 +207,6 @@ def _register_builtins() -> None:
         lambda: os.path.join(shared_data_root(), "coco-subset-128", "annotations", "instances_train2017.json"),
         lambda: os.path.join(shared_data_root(), "coco-subset-128", "images"),
     )
-    from .synthetic import BUILTIN_SYNTHETIC, ensure_synthetic_dataset
-
     for variant in BUILTIN_SYNTHETIC:
         for split in ("train", "val"):
             _register_lazy(

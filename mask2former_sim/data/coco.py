@@ -7,9 +7,11 @@ Dataset dict (detectron2's layout)::
                       "segmentation": polygons or RLE (absent in a box-only json), "iscrowd": 0}]}
 
 Crowd regions are dropped (they are ignore regions for evaluation). Boxes are clipped to the image; boxes with
-zero or negative size, non-finite values or nothing left inside the image are skipped and counted. Everything
-else that is wrong (missing or empty or malformed json, missing fields, unknown category or image ids) is an
-error naming the file and the annotation id.
+zero or negative size, non-finite values or nothing left inside the image are skipped and counted. Polygons with
+fewer than 3 points are removed from their annotation and counted (as ``tools/convert_yolo_seg.py`` drops them;
+the box stays). Everything else that is wrong (missing or empty or malformed json, missing fields, unknown
+category or image ids, a polygon with an odd number of coordinates) is an error naming the file and the
+annotation id. The checks run in every supervision mode: the json is validated once, on load.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
 _IMAGE_FIELDS = ("id", "file_name", "height", "width")
 _ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox")
+# EXIF orientations that swap width and height (EXIF 2.3 tag 0x0112: 5-8), and how the image is to be displayed
+_EXIF_TRANSPOSING = {
+    5: "mirrored and turned 90° counter-clockwise",
+    6: "turned 90° clockwise",
+    7: "mirrored and turned 90° clockwise",
+    8: "turned 90° counter-clockwise",
+}
 
 
 @dataclass
@@ -41,6 +50,7 @@ class DatasetSummary:
     num_instances: int = 0
     instances_per_class: Dict[str, int] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)
+    dropped_polygons: int = 0  # polygons with fewer than 3 points, removed from annotations that are kept
     has_segmentation: bool = False
 
     def format(self, name: str) -> str:
@@ -52,6 +62,8 @@ class DatasetSummary:
         lines += [f"  {c:<{width}} {n:>7}" for c, n in self.instances_per_class.items()]
         if self.dropped:
             lines.append("  dropped annotations: " + ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())))
+        if self.dropped_polygons:
+            lines.append(f"  dropped polygons: {self.dropped_polygons} with fewer than 3 points")
         return "\n".join(lines)
 
 
@@ -126,8 +138,8 @@ def parse_coco_json(json_file: str, image_root: str) -> Tuple[List[Dict[str, Any
             continue
         record = {"id": ann_id, "bbox": box, "category_id": id_map[ann["category_id"]], "iscrowd": 0}
         if "segmentation" in ann:
-            _check_segmentation(ann["segmentation"], json_file, ann_id)
-            record["segmentation"] = ann["segmentation"]
+            record["segmentation"], num_degenerate = _check_segmentation(ann["segmentation"], json_file, ann_id)
+            summary.dropped_polygons += num_degenerate
             summary.has_segmentation = True
         img["annotations"].append(record)
         per_class[record["category_id"]] += 1
@@ -149,6 +161,13 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str = "") -> L
             sum(skipped.values()),
             ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())),
         )
+    if summary.dropped_polygons:
+        logger.warning(
+            "%s: removed %d polygon(s) with fewer than 3 points (an annotation left with none keeps its box for "
+            "box/SIM supervision; mask supervision skips it)",
+            dataset_name or json_file,
+            summary.dropped_polygons,
+        )
     return dicts
 
 
@@ -168,13 +187,37 @@ def read_image(path: str) -> np.ndarray:
 
 
 def check_image_size(image: np.ndarray, dataset_dict: Dict[str, Any]) -> None:
-    """The size in the json must match the file (a mismatch means the annotations do not fit the image)."""
+    """The size in the json must match the file (a mismatch means the annotations do not fit the image).
+
+    ``image`` is as :func:`read_image` returns it (EXIF-transposed); when the json's size is that of the stored
+    pixels of a file whose EXIF orientation tag swaps width and height, the error says so.
+    """
     h, w = image.shape[:2]
-    if (h, w) != (dataset_dict["height"], dataset_dict["width"]):
-        raise ValueError(
-            f"image {dataset_dict['file_name']} is {w}x{h} (WxH) but the annotation json says "
-            f"{dataset_dict['width']}x{dataset_dict['height']}"
+    json_w, json_h = dataset_dict["width"], dataset_dict["height"]
+    if (h, w) == (json_h, json_w):
+        return
+    path = dataset_dict["file_name"]
+    message = f"image {path} is {w}x{h} (WxH) but the annotation json says {json_w}x{json_h}"
+    orientation = _exif_orientation(path)
+    if orientation in _EXIF_TRANSPOSING and (w, h) == (json_h, json_w):
+        message += (
+            f": the file has the EXIF orientation tag (value {orientation}: display it "
+            f"{_EXIF_TRANSPOSING[orientation]}), images are read EXIF-transposed (as detectron2 reads them), and "
+            f"the json's width/height are those of the un-rotated, stored pixels. "
+            f"If the annotations were drawn on the rotated image, re-export the json with width {w} and height "
+            f"{h}; if they were drawn on the stored pixels, strip the orientation tag (e.g. "
+            f"`exiftool -Orientation= {path}`)"
         )
+    raise ValueError(message)
+
+
+def _exif_orientation(path: str) -> int:
+    """The EXIF orientation tag of an image file (1, upright, when it has none or cannot be read)."""
+    try:
+        with Image.open(path) as img:
+            return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
+        return 1
 
 
 def segmentation_to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
@@ -251,18 +294,30 @@ def _clip_xywh_box(bbox: Any, width: int, height: int, json_file: str, ann_id: A
     return [x0, y0, x1, y1], ""
 
 
-def _check_segmentation(segm: Any, json_file: str, ann_id: Any) -> None:
+def _check_segmentation(segm: Any, json_file: str, ann_id: Any) -> Tuple[Any, int]:
+    """The annotation's 'segmentation' without its polygons of fewer than 3 points, and how many those were.
+
+    An odd number of polygon coordinates is an error: pycocotools would drop the last value without a word.
+    """
     if isinstance(segm, list):
         if not all(isinstance(p, list) for p in segm):
             raise ValueError(f"{json_file}: annotation id {ann_id}: polygon 'segmentation' must be a list of lists")
-    elif isinstance(segm, dict):
+        for i, polygon in enumerate(segm):
+            if len(polygon) % 2:
+                raise ValueError(
+                    f"{json_file}: annotation id {ann_id}: polygon {i} of 'segmentation' has {len(polygon)} "
+                    "coordinates, an odd number; expected x, y pairs [x0, y0, x1, y1, ...]"
+                )
+        kept = [p for p in segm if len(p) >= 6]
+        return kept, len(segm) - len(kept)
+    if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
             raise ValueError(f"{json_file}: annotation id {ann_id}: RLE 'segmentation' needs 'counts' and 'size'")
-    else:
-        raise ValueError(
-            f"{json_file}: annotation id {ann_id}: 'segmentation' must be polygons (list) or RLE "
-            f"(dict), found {type(segm).__name__}"
-        )
+        return segm, 0
+    raise ValueError(
+        f"{json_file}: annotation id {ann_id}: 'segmentation' must be polygons (list) or RLE "
+        f"(dict), found {type(segm).__name__}"
+    )
 
 
 def _short(obj: Any, n: int = 80) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..modeling.supervision import uses_gt_masks
 from .coco import check_image_size, decode_rles, read_image, segmentation_to_rle
 from .transforms import (
     Augmentation,
@@ -91,8 +92,6 @@ class InstanceDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "InstanceDatasetMapper":
-        from ..modeling.supervision import uses_gt_masks
-
         return cls(augmentations=build_train_augmentations(cfg), with_masks=uses_gt_masks(cfg))
 
     def __call__(self, dataset_dict: Dict[str, Any], rng: Optional[np.random.Generator] = None) -> Dict[str, Any]:

@@ -163,6 +163,28 @@ def load_checkpoint_file(path: str, allow_pickle: bool = False) -> Any:
         raise CheckpointError(f"{path} could not be unpickled: {type(exc).__name__}: {exc}") from exc
 
 
+# model keys renamed since the format they were saved in: the mode's state moved under ``supervision``, and the
+# model no longer records its iteration (the checkpoint's own "iteration" does)
+_RENAMED_PREFIXES = (("sim.", "supervision.sim."), ("pairwise_schedule.", "supervision.pairwise_schedule."))
+_DROPPED_KEYS = ("iteration",)
+
+
+def upgrade_model_keys(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """``state`` with the model keys of older checkpoints renamed to the current ones (``module.`` stripped)."""
+    out: Dict[str, Any] = {}
+    for key, value in state.items():
+        key = str(key)
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        if key in _DROPPED_KEYS:
+            continue
+        for old, new in _RENAMED_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        out[key] = value
+    return out
+
+
 def _extract_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict", "model_state_dict"):
@@ -175,15 +197,11 @@ def _extract_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
             f"found {type(obj).__name__}"
         )
     state: Dict[str, torch.Tensor] = {}
-    for key, value in obj.items():
+    for key, value in upgrade_model_keys(obj).items():
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(value)
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = str(key)
-        while key.startswith("module."):
-            key = key[len("module.") :]
-        state[key] = value
+        if isinstance(value, torch.Tensor):
+            state[key] = value
     if not state:
         raise CheckpointError(f"{path} holds a dict without any tensor; expected model weights")
     return state
@@ -308,9 +326,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"{path} is not a training checkpoint: expected a dict with 'model' and 'iteration', found {found}"
             )
-        unwrap_model(self.model).load_state_dict(
-            {k[len("module.") :] if k.startswith("module.") else k: v for k, v in data["model"].items()}
-        )
+        unwrap_model(self.model).load_state_dict(upgrade_model_keys(data["model"]))
         for key, obj in self._state_objects().items():
             if obj is None:
                 continue

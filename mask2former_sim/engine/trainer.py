@@ -1,9 +1,11 @@
-"""The training loop: gradient accumulation, AMP, clipping, non-finite loss handling, checkpoints, evaluation.
+"""The training loop: gradient accumulation, AMP, clipping, non-finite loss handling; hooks around the steps.
 
 One iteration (``run_step``) is one optimizer step over ``SOLVER.GRAD_ACCUM_STEPS`` micro-batches (DDP gradient
 sync only on the last). The loss terms are all-reduced across processes; if any term is non-finite on any
 process, the step is skipped on all of them (gradients dropped, schedule still advances) and a warning names
 the terms; ``SOLVER.MAX_CONSECUTIVE_NONFINITE`` skips in a row stop training with ``FloatingPointError``.
+Everything else runs in hooks (:mod:`.hooks`, detectron2's design): the SIM teacher's EMA step, metrics,
+checkpoints and evaluation.
 
 Iterations are 0-based: a checkpoint saved after iteration ``i`` stores ``iteration = i`` and training resumes
 at ``i + 1`` with ``build_train_loader(cfg, start_iter=i + 1)`` (``start_iter`` counts optimizer steps already
@@ -16,7 +18,6 @@ the stream position), not from the global RNG.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -30,9 +31,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data import build_test_loader, build_train_loader, get_metadata
+from ..evaluation import COCOEvaluator, format_results_table, inference_on_dataset, print_csv_format
+from ..modeling import build_model
+from ..modeling.sim.teacher import EMATeacher
 from ..utils import comm
 from .checkpoint import Checkpointer, unwrap_model
 from .events import TrainingProgress
+from .hooks import EMATeacherHook, EvalHook, HookBase, MetricsWriter, PeriodicCheckpointer
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer, clip_gradients
 
@@ -63,10 +69,10 @@ class Trainer:
 
     Args:
         cfg: full config (``SOLVER``, ``TEST``, ``OUTPUT_DIR``, ``MODEL.DEVICE``, ``LOG_PERIOD`` ...).
-        model: a model to train instead of ``build_model(cfg)``. The trainer relies on two methods: the
-            train-mode ``forward(batch, iteration=i)`` (a list of dicts and the training iteration → a dict of
-            scalar losses, already weighted) and ``after_optimizer_step()`` (called after every optimizer step
-            that was taken; e.g. the SIM teacher's EMA update).
+        model: a model to train instead of ``build_model(cfg)``. The trainer relies on its train-mode
+            ``forward(batch, iteration=i)`` (a list of dicts and the training iteration → a dict of scalar losses,
+            already weighted); an :class:`~..modeling.sim.teacher.EMATeacher` submodule gets an
+            :class:`~.hooks.EMATeacherHook`, and ``training_statistics()``, if the model has it, is logged.
         train_loader_fn: ``fn(cfg, start_iter) -> iterable of batches`` instead of :meth:`build_train_loader`.
         extra_state: named objects with ``state_dict``/``load_state_dict`` stored in checkpoints beside the model
             (state outside the model's own ``state_dict``).
@@ -105,6 +111,15 @@ class Trainer:
         self._nonfinite_terms: Counter = Counter()
         self._data_iter: Optional[Iterator[List[Dict[str, Any]]]] = None
         self.progress: Optional[TrainingProgress] = None
+        # the last step, for the hooks
+        self.step_taken = False
+        self.last_losses: Dict[str, float] = {}
+        self.last_lr = math.nan
+        self.last_step_time = 0.0
+        self.last_data_time = 0.0
+        self.final_results: Dict[str, Any] = {}
+        self.hooks: List[HookBase] = []
+        self.register_hooks(self.build_hooks())
         logger.info(
             "trainer: device %s, %d process(es), AMP %s, %d micro-batch(es) per step",
             self.device,
@@ -116,27 +131,18 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- builders
     @classmethod
     def build_model(cls, cfg: Any) -> nn.Module:
-        from ..modeling import build_model
-
         return build_model(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg: Any, start_iter: int = 0) -> Iterable[List[Dict[str, Any]]]:
-        from ..data import build_train_loader
-
         return build_train_loader(cfg, start_iter=start_iter)
 
     @classmethod
     def build_test_loader(cls, cfg: Any, dataset_name: str) -> Iterable[List[Dict[str, Any]]]:
-        from ..data import build_test_loader
-
         return build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg: Any, dataset_name: str) -> Any:
-        from ..data import get_metadata
-        from ..evaluation import COCOEvaluator
-
         meta = get_metadata(dataset_name)
         return COCOEvaluator(
             meta["json_file"],
@@ -144,6 +150,22 @@ class Trainer:
             output_dir=os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
             dataset_id_map=meta.get("thing_dataset_id_to_contiguous_id"),
         )
+
+    def build_hooks(self) -> List[HookBase]:
+        """The hooks, in calling order: the EMA teachers of the model, metrics, checkpoints, evaluation."""
+        model = unwrap_model(self.model)
+        hooks: List[HookBase] = [EMATeacherHook(m, model) for m in model.modules() if isinstance(m, EMATeacher)]
+        hooks += [
+            MetricsWriter(),
+            PeriodicCheckpointer(self.cfg.SOLVER.CHECKPOINT_PERIOD),
+            EvalHook(self.cfg.TEST.EVAL_PERIOD, self.cfg.OUTPUT_DIR),
+        ]
+        return hooks
+
+    def register_hooks(self, hooks: Iterable[HookBase]) -> None:
+        for hook in hooks:
+            hook.trainer = self
+            self.hooks.append(hook)
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if comm.get_world_size() == 1:
@@ -175,31 +197,19 @@ class Trainer:
         )
         self.model.train()
         try:
+            for hook in self.hooks:
+                hook.before_train()
             for self.iter in range(self.start_iter, self.max_iter):
+                for hook in self.hooks:
+                    hook.before_step()
                 self.run_step()
-                self._after_step()
-            self.checkpointer.save("model_final", self.max_iter - 1)
-            results = self.evaluate(self.max_iter - 1)
+                for hook in self.hooks:
+                    hook.after_step()
+            for hook in self.hooks:
+                hook.after_train()
         finally:
             self.progress.close()
-        if comm.is_main_process() and cfg.OUTPUT_DIR:
-            path = os.path.join(cfg.OUTPUT_DIR, "metrics_final.json")
-            with open(path, "w") as f:
-                json.dump({"iteration": self.max_iter - 1, "results": results}, f, indent=2)
-            logger.info("final metrics written to %s", path)
-        return results
-
-    def _after_step(self) -> None:
-        done = self.iter + 1
-        if done >= self.max_iter:
-            return
-        period = self.cfg.SOLVER.CHECKPOINT_PERIOD
-        if period > 0 and done % period == 0:
-            self.checkpointer.save(f"model_{self.iter:07d}", self.iter)
-        eval_period = self.cfg.TEST.EVAL_PERIOD
-        if eval_period > 0 and done % eval_period == 0:
-            self.evaluate(self.iter)
-            self.model.train()
+        return self.final_results
 
     def run_step(self) -> Dict[str, float]:
         """One optimizer step over ``GRAD_ACCUM_STEPS`` micro-batches; returns the all-reduced loss terms."""
@@ -227,18 +237,16 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / self.accum_steps
         losses = reduce_loss_terms(sums)
         bad = [key for key, value in losses.items() if not math.isfinite(value)]
+        self.step_taken = not bad
         if bad:
             self._skip_step(bad)
         else:
             self.nonfinite_in_a_row = 0
             self._nonfinite_terms.clear()
             self._optimizer_step()
-            unwrap_model(self.model).after_optimizer_step()
-        lr = max(group["lr"] for group in self.optimizer.param_groups)
+        self.last_lr = max(group["lr"] for group in self.optimizer.param_groups)
         self.scheduler.step()
-        if self.progress is not None:
-            statistics = getattr(unwrap_model(self.model), "training_statistics", dict)()
-            self.progress.update(self.iter, losses, lr, time.perf_counter() - start, data_time, statistics)
+        self.last_losses, self.last_step_time, self.last_data_time = losses, time.perf_counter() - start, data_time
         return losses
 
     def _optimizer_step(self) -> None:
@@ -287,8 +295,6 @@ class Trainer:
 
         Returns the result dict of the single test dataset, or ``{name: results}`` for several.
         """
-        from ..evaluation import format_results_table, inference_on_dataset, print_csv_format
-
         results: Dict[str, Any] = {}
         for name in cfg.DATASETS.TEST:
             loader = cls.build_test_loader(cfg, name)

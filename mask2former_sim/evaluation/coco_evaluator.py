@@ -26,6 +26,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..data.catalog import get_metadata
 from ..modeling.postprocessing import masks_to_boxes
 from ..utils import comm
 from .evaluator import format_table
@@ -164,8 +165,6 @@ class COCOEvaluator:
     @classmethod
     def from_config(cls, cfg: Any, dataset_name: str, output_dir: Optional[str] = None) -> "COCOEvaluator":
         """Evaluator for a registered dataset (``mask2former_sim.data.get_metadata``), maxDets from TEST.MAX_DETS."""
-        from ..data.catalog import get_metadata
-
         metadata = get_metadata(dataset_name)
         return cls(
             gt_json=metadata["json_file"],

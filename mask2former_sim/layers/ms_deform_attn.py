@@ -18,6 +18,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+from . import ms_deform_attn_cuda
+
 __all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "cuda_op_available", "MSDA_IMPLS"]
 
 MSDA_IMPLS = ("auto", "cuda", "pytorch")
@@ -65,28 +67,13 @@ def ms_deform_attn_pytorch(
     return output.view(n, m * d, lq).transpose(1, 2).contiguous()
 
 
-def _cuda_module():
-    """The OPS wrapper module, or None when it cannot be imported at all."""
-    try:
-        from . import ms_deform_attn_cuda
-    except ImportError:
-        return None
-    return ms_deform_attn_cuda
-
-
 def cuda_op_available() -> bool:
     """True when the compiled ``MultiScaleDeformableAttention`` op can be used."""
-    module = _cuda_module()
-    return module is not None and bool(module.is_available())
+    return bool(ms_deform_attn_cuda.is_available())
 
 
 def _cuda_unavailable_message(reason: str) -> str:
-    module = _cuda_module()
-    hint = (
-        module.build_hint()
-        if module is not None
-        else ("mask2former_sim/layers/ms_deform_attn_cuda.py is missing; build the op with `pip install ./ops`")
-    )
+    hint = ms_deform_attn_cuda.build_hint()
     return (
         f"ms_deform_attn(impl='cuda') was requested but {reason}. {hint} "
         "Or set MODEL.SEM_SEG_HEAD.MSDA_IMPL to 'pytorch' (or 'auto') to use the pure-PyTorch implementation."
@@ -125,8 +112,7 @@ def ms_deform_attn(
     elif impl == "auto":
         use_cuda = value.is_cuda and cuda_op_available()
     if use_cuda:
-        module = _cuda_module()
-        return module.MSDeformAttnFunction.apply(
+        return ms_deform_attn_cuda.MSDeformAttnFunction.apply(
             value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights, im2col_step
         )
     return ms_deform_attn_pytorch(

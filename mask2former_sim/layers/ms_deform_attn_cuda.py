@@ -33,7 +33,7 @@ def load_op() -> Optional[ModuleType]:
     global _op, _import_error, _import_tried
     if not _import_tried:
         _import_tried = True
-        try:
+        try:  # the compiled extension is optional: importing the package must never need it
             import MultiScaleDeformableAttention as op
         except ImportError as exc:
             _import_error = f"{type(exc).__name__}: {exc}"

@@ -1,18 +1,16 @@
-"""Mask2Former model: backbone, pixel decoder, transformer decoder, matcher, criterion, meta-architecture.
-
-``build_model`` imports the network modules on first use, so the losses, matcher, criterion and supervision
-import without timm or the deformable-attention stack.
-"""
+"""Mask2Former model: backbone, pixel decoder, transformer decoder, supervision modes, criterion, meta-architecture."""
 
 from .criterion import SetCriterion
-from .mask_supervision import MaskCost
+from .losses.mask import MaskCost
 from .matcher import HungarianMatcher
+from .meta_arch import MaskFormer
 from .postprocessing import instance_inference, masks_to_boxes
-from .supervision import build_criterion, build_supervision
+from .supervision import Supervision, build_criterion, build_supervision
 
 __all__ = [
     "build_model",
     "MaskFormer",
+    "Supervision",
     "build_supervision",
     "build_criterion",
     "HungarianMatcher",
@@ -23,17 +21,6 @@ __all__ = [
 ]
 
 
-def build_model(cfg):
+def build_model(cfg) -> MaskFormer:
     """``MaskFormer`` built from ``cfg`` on ``cfg.MODEL.DEVICE`` (weights are NOT loaded: see engine.checkpoint)."""
-    from .meta_arch import MaskFormer
-
-    model = MaskFormer.from_config(cfg)
-    return model.to(cfg.MODEL.DEVICE)
-
-
-def __getattr__(name: str):
-    if name == "MaskFormer":
-        from .meta_arch import MaskFormer
-
-        return MaskFormer
-    raise AttributeError(f"module 'mask2former_sim.modeling' has no attribute {name!r}")
+    return MaskFormer.from_config(cfg).to(cfg.MODEL.DEVICE)

@@ -14,7 +14,7 @@ suffix their keys with ``_0`` … ``_{L-2}``. The criterion returns UNWEIGHTED l
 multiplies them by ``weight_dict`` and checks that every emitted key has a weight.
 
 :class:`ClassificationLoss` (``loss_ce``) is the family every mode shares; the mask families live with their
-supervision (:mod:`.mask_supervision`, :mod:`.box_supervision`, :mod:`.sim.losses`).
+equations, one file each (:mod:`.losses.mask`, :mod:`.losses.boxinst`, :mod:`.losses.sim`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import comm
+from .targets import Indices, Targets
 
 __all__ = [
     "LossContext",
@@ -37,9 +38,6 @@ __all__ = [
     "matched_logits",
     "matched_rows",
 ]
-
-Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-Targets = List[Dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 sanitising non-finite costs so ``scipy.optimize.linear_sum_assignment`` never sees NaN or ±inf, and the empty
 and rectangular cases. What the cost *is* comes from the cost object it is given, ``cost(outputs_b, target_b)
 -> (Q, N)``: :func:`~.supervision.build_supervision` picks it per supervision mode (Mask2Former's
-:class:`~.mask_supervision.MaskCost`, or the box cost of :mod:`.box_supervision`).
+:class:`~.losses.mask.MaskCost`, or the box cost :class:`~.losses.boxinst.BoxProjectionCost`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to ground truths minimising a per-image cost matrix.
 
     Args:
-        cost: callable ``(outputs_b, target_b) -> (Q, N)`` (e.g. :class:`~.mask_supervision.MaskCost`).
+        cost: callable ``(outputs_b, target_b) -> (Q, N)`` (e.g. :class:`~.losses.mask.MaskCost`).
         large_cost: replacement for non-finite costs (see :func:`sanitize_cost`).
     """
 

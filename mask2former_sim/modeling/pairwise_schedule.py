@@ -17,10 +17,11 @@ import logging
 from typing import Dict, Optional
 
 import torch
-from torch import nn
 
 from ..utils import comm
 from .box_fit import mask_box_fill, mask_box_iou
+from .criterion import matched_logits, matched_rows, prediction_heads
+from .targets import SupervisionStep, Targets, TrainingStep
 
 __all__ = ["pairwise_warmup_factor", "PairwiseSchedule"]
 
@@ -39,8 +40,9 @@ def pairwise_warmup_factor(iteration: int, warmup_iters: int, start_iter: int = 
     return min(float(iteration - start_iter) / float(warmup_iters), 1.0)
 
 
-class PairwiseSchedule(nn.Module):
-    """The pairwise term's weight factor at each iteration, and the matched masks' fit to their boxes.
+class PairwiseSchedule(SupervisionStep):
+    """The pairwise term's weight factor at each iteration, and the matched masks' fit to their boxes (a step of
+    box and SIM supervision: after the matching it measures the final head's matched masks).
 
     Args:
         start_iter: fixed start of the warm-up; with ``start_box_iou`` > 0, the earliest iteration it may start.
@@ -48,9 +50,18 @@ class PairwiseSchedule(nn.Module):
         start_box_iou: > 0: start the warm-up at the first iteration ≥ ``start_iter`` at which the running mean of
             the matched masks' box IoU reaches this; 0: at ``start_iter``.
         momentum: of the running mean, ``r ← m·r + (1 − m)·mean IoU of the batch`` (the first batch sets r).
+        stride: mask stride of the matched masks (``MODEL.BOXINST.MASK_STRIDE``).
     """
 
-    def __init__(self, *, start_iter: int, warmup_iters: int, start_box_iou: float = 0.0, momentum: float = 0.98):
+    def __init__(
+        self,
+        *,
+        start_iter: int,
+        warmup_iters: int,
+        start_box_iou: float = 0.0,
+        momentum: float = 0.98,
+        stride: int = 4,
+    ) -> None:
         super().__init__()
         if not 0.0 <= start_box_iou <= 1.0:
             raise ValueError(f"MODEL.BOXINST.PAIRWISE.START_BOX_IOU must lie in [0, 1], found {start_box_iou}")
@@ -60,6 +71,8 @@ class PairwiseSchedule(nn.Module):
         self.warmup_iters = int(warmup_iters)
         self.start_box_iou = float(start_box_iou)
         self.momentum = float(momentum)
+        self.stride = int(stride)
+        self._statistics: Dict[str, float] = {}
         self.register_buffer("started_at", torch.tensor(-1, dtype=torch.int64))  # adaptive start, -1 = not yet
         self.register_buffer("running_box_iou", torch.tensor(0.0))
         self.register_buffer("num_observed", torch.tensor(0, dtype=torch.int64))
@@ -72,6 +85,7 @@ class PairwiseSchedule(nn.Module):
             warmup_iters=pw.WARMUP_ITERS,
             start_box_iou=pw.START_BOX_IOU,
             momentum=pw.BOX_IOU_MOMENTUM,
+            stride=cfg.MODEL.BOXINST.MASK_STRIDE,
         )
 
     @property
@@ -97,16 +111,11 @@ class PairwiseSchedule(nn.Module):
 
     @torch.no_grad()
     def observe(
-        self,
-        iteration: int,
-        mask_logits: torch.Tensor,
-        gt_boxes: torch.Tensor,
-        box_masks: torch.Tensor,
-        stride: int,
+        self, iteration: int, mask_logits: torch.Tensor, gt_boxes: torch.Tensor, box_masks: torch.Tensor
     ) -> Dict[str, float]:
-        """Measure the final head's matched masks against their boxes; with an adaptive start, update the running
-        mean (all processes agree: the batch mean is all-reduced) and start the warm-up when it reaches
-        ``start_box_iou``. Call before the losses of ``iteration``.
+        """Measure matched masks against their boxes; with an adaptive start, update the running mean (all
+        processes agree: the batch mean is all-reduced) and start the warm-up when it reaches ``start_box_iou``.
+        Call before the losses of ``iteration``.
 
         Args:
             mask_logits: (M, h, w) matched mask logits; gt_boxes: (M, 4) XYXY input pixels; box_masks: (M, h, w).
@@ -116,7 +125,7 @@ class PairwiseSchedule(nn.Module):
             with an adaptive start, and ``"pairwise/factor"``.
         """
         probs = mask_logits.detach().float().sigmoid()
-        ious = mask_box_iou(probs, gt_boxes, stride)
+        ious = mask_box_iou(probs, gt_boxes, self.stride)
         stats = {
             "box_fit/box_iou": float(ious.mean()) if len(ious) else float("nan"),
             "box_fit/box_fill": float(mask_box_fill(probs, box_masks).mean()) if len(ious) else float("nan"),
@@ -126,9 +135,8 @@ class PairwiseSchedule(nn.Module):
             if float(total[1]) > 0:
                 mean = total[0] / total[1]
                 first = int(self.num_observed) == 0
-                self.running_box_iou.copy_(
-                    mean if first else self.momentum * self.running_box_iou + (1 - self.momentum) * mean
-                )
+                running = mean if first else self.momentum * self.running_box_iou + (1 - self.momentum) * mean
+                self.running_box_iou.copy_(running)
                 self.num_observed += 1
             running = float(self.running_box_iou)
             if iteration >= self.start_iter and int(self.num_observed) > 0 and running >= self.start_box_iou:
@@ -145,6 +153,20 @@ class PairwiseSchedule(nn.Module):
             stats["box_fit/running_box_iou"] = float(self.running_box_iou)
         stats["pairwise/factor"] = self.factor(iteration)
         return stats
+
+    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
+        """Observe the final head's matched masks (targets unchanged)."""
+        final, indices = prediction_heads(step.outputs)[0][1], step.indices[0]
+        self._statistics = self.observe(
+            step.iteration,
+            matched_logits(final["pred_masks"], indices),
+            matched_rows(targets, indices, "boxes"),
+            matched_rows(targets, indices, "box_masks"),
+        )
+        return targets
+
+    def statistics(self) -> Dict[str, float]:
+        return dict(self._statistics)
 
     def extra_repr(self) -> str:
         start = f"box IoU >= {self.start_box_iou} from {self.start_iter}" if self.adaptive else str(self.start_iter)

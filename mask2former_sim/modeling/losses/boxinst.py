@@ -1,6 +1,7 @@
-"""BoxInst's low-level box losses (Tian et al., CVPR 2021) on Mask2Former's stride-4 masks.
+"""BoxInst-M2F: BoxInst's low-level box losses (Tian et al., CVPR 2021) on Mask2Former's stride-4 masks, the box
+matching cost, the ``"boxinst"`` loss family and the step that builds its targets.
 
-Everything here is a pure function on tensors so it can be checked against hand computations:
+The terms are pure functions on tensors, checked against hand computations:
 
 - :func:`rgb_to_lab` — sRGB → CIE Lab (D65), vectorised in torch (BoxInst calls skimage per image on the CPU).
 - :func:`images_color_similarity` — ``exp(−‖Lab_i − Lab_j‖₂ / θ)`` for the 8 neighbours of a 3×3 kernel with
@@ -9,14 +10,23 @@ Everything here is a pure function on tensors so it can be checked against hand 
 - :func:`boxes_to_stride_masks` — GT boxes rasterised at input resolution and sampled at the mask stride.
 - :func:`compute_project_term` — ``dice(max_y m, max_y B) + dice(max_x m, max_x B)``.
 - :func:`compute_pairwise_term` — ``−log(p_i p_j + (1−p_i)(1−p_j))`` in log-space on the kept edges.
+
+and the pieces of the mode: :class:`BoxProjectionCost` (matching without masks), :class:`BoxInstLoss`
+(``loss_proj``, ``loss_pairwise`` of the matched queries, the pairwise term weighted by the
+:class:`~..pairwise_schedule.PairwiseSchedule`) and :class:`BoxTargets` (box masks and colour similarities).
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ..criterion import LossContext, matched_logits, matched_rows
+from ..image_list import place
+from ..pairwise_schedule import PairwiseSchedule
+from ..targets import Indices, SupervisionStep, Targets
 
 __all__ = [
     "rgb_to_lab",
@@ -30,6 +40,9 @@ __all__ = [
     "pairwise_log_same_prob",
     "compute_pairwise_term",
     "batch_projection_dice_cost",
+    "BoxProjectionCost",
+    "BoxInstLoss",
+    "BoxTargets",
 ]
 
 # sRGB (D65) → XYZ matrix and the D65 / 2° reference white, as used by skimage.color.rgb2lab.
@@ -240,3 +253,136 @@ def batch_projection_dice_cost(mask_logits: torch.Tensor, box_masks: torch.Tenso
         denominator = p.sum(-1)[:, None] + t.sum(-1)[None, :] + 1.0
         cost = cost + 1.0 - numerator / denominator
     return cost
+
+
+class BoxProjectionCost:
+    """Box-supervised matching cost of one image.
+
+    ``C = w_cls·(−softmax(logits)[:, tgt]) + w_proj·cost_proj``, with ``cost_proj`` the batched projection dice
+    of each query's stride-4 mask against each GT box mask.
+    """
+
+    def __init__(self, *, cost_class: float, cost_projection: float) -> None:
+        self.cost_class = cost_class
+        self.cost_projection = cost_projection
+
+    @classmethod
+    def from_config(cls, cfg) -> "BoxProjectionCost":
+        bi = cfg.MODEL.BOXINST
+        return cls(cost_class=bi.MATCHER.COST_CLASS, cost_projection=bi.MATCHER.COST_PROJECTION)
+
+    def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Args: ``pred_logits`` (Q, K+1), ``pred_masks`` (Q, h, w); target ``labels``, ``box_masks`` (N, h, w).
+        Returns the (Q, N) fp32 cost."""
+        cost = -self.cost_class * outputs_b["pred_logits"].float().softmax(-1)[:, target_b["labels"]]
+        return cost + self.cost_projection * batch_projection_dice_cost(
+            outputs_b["pred_masks"].float(), target_b["box_masks"]
+        )
+
+
+class BoxInstLoss:
+    """The ``"boxinst"`` loss family: ``loss_proj`` and ``loss_pairwise`` of the matched queries of one head.
+
+    ``loss_proj = Σ_k [dice(max_y m_k, max_y B_k) + dice(max_x m_k, max_x B_k)] / num_masks`` and
+    ``loss_pairwise = factor · Σ_e −log P(y_i = y_j)·1[e counts] / max(#edges, 1)`` over all matched instances
+    of the batch (BoxInst's global edge average), with the factor of the :class:`~.pairwise_schedule.PairwiseSchedule`
+    at the context's iteration.
+    """
+
+    def __init__(self, *, color_thresh: float, kernel_size: int, dilation: int, schedule: PairwiseSchedule) -> None:
+        self.color_thresh = color_thresh
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.schedule = schedule
+
+    @classmethod
+    def from_config(cls, cfg, schedule: PairwiseSchedule) -> "BoxInstLoss":
+        pw = cfg.MODEL.BOXINST.PAIRWISE
+        return cls(color_thresh=pw.COLOR_THRESH, kernel_size=pw.SIZE, dilation=pw.DILATION, schedule=schedule)
+
+    def __call__(
+        self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
+    ) -> Dict[str, torch.Tensor]:
+        pred_masks = outputs["pred_masks"]
+        mask_logits = matched_logits(pred_masks, indices)  # (M, h, w)
+        if mask_logits.shape[0] == 0:
+            zero = pred_masks.sum() * 0.0
+            return {"loss_proj": zero, "loss_pairwise": zero.clone()}
+        box_masks = matched_rows(targets, indices, "box_masks")
+        similarity = torch.cat(
+            [t["color_similarity"][None].expand(len(gt), -1, -1, -1) for t, (_, gt) in zip(targets, indices)]
+        )
+        loss_proj = compute_project_term(mask_logits.sigmoid(), box_masks).sum() / context.num_masks
+        total, count = compute_pairwise_term(
+            mask_logits, similarity, box_masks, self.color_thresh, self.kernel_size, self.dilation
+        )
+        factor = self.schedule.factor(context.iteration)
+        return {"loss_proj": loss_proj, "loss_pairwise": factor * total / count.clamp_min(1.0)}
+
+
+def _remove_bottom_rows(valid: torch.Tensor, rows: int) -> torch.Tensor:
+    """Mark the last ``rows`` rows of real image content of every image invalid (BoxInst's bottom-pixel removal)."""
+    if rows <= 0:
+        return valid
+    valid = valid.clone()
+    row_has_content = valid.any(dim=2)  # (B, H)
+    height = valid.shape[1]
+    last = torch.where(row_has_content, torch.arange(height, device=valid.device), -1).amax(dim=1)
+    for b, last_row in enumerate(last.tolist()):
+        if last_row >= 0:
+            valid[b, max(last_row + 1 - rows, 0) : last_row + 1] = False
+    return valid
+
+
+class BoxTargets(SupervisionStep):
+    """The targets of the box terms: ``box_masks`` (N, Hp/s, Wp/s) and ``color_similarity`` (k²−1, Hp/s, Wp/s).
+
+    The colour similarity is computed once per batch, on the un-normalised images padded like the network input,
+    and read by every head.
+
+    Args:
+        stride: mask stride s (``MODEL.BOXINST.MASK_STRIDE``).
+        kernel_size, dilation, theta: the pairwise neighbourhood and colour scale (``MODEL.BOXINST.PAIRWISE``).
+        bottom_pixels_removed: rows at the bottom of each image's content that give no edges (BoxInst: 10).
+    """
+
+    def __init__(
+        self, *, stride: int, kernel_size: int, dilation: int, theta: float, bottom_pixels_removed: int = 0
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.theta = theta
+        self.bottom_pixels_removed = bottom_pixels_removed
+
+    @classmethod
+    def from_config(cls, cfg) -> "BoxTargets":
+        bi = cfg.MODEL.BOXINST
+        return cls(
+            stride=bi.MASK_STRIDE,
+            kernel_size=bi.PAIRWISE.SIZE,
+            dilation=bi.PAIRWISE.DILATION,
+            theta=bi.PAIRWISE.THETA,
+            bottom_pixels_removed=bi.BOTTOM_PIXELS_REMOVED,
+        )
+
+    @torch.no_grad()
+    def build_targets(self, targets: Targets, batched_inputs: Sequence[Dict[str, Any]], iteration: int) -> Targets:
+        hp, wp = targets[0]["padding_mask"].shape
+        device = targets[0]["padding_mask"].device
+        if hp % self.stride or wp % self.stride:
+            raise ValueError(f"padded input {hp}x{wp} must be divisible by MODEL.BOXINST.MASK_STRIDE = {self.stride}")
+        raw_images = torch.stack([place(x["image"].to(device).float(), hp, wp, 0) for x in batched_inputs])
+        valid = ~torch.stack([t["padding_mask"] for t in targets])
+        valid = _remove_bottom_rows(valid, self.bottom_pixels_removed)
+        similarity = images_color_similarity(
+            raw_images, valid, self.stride, self.kernel_size, self.dilation, self.theta
+        )
+        return [
+            {**t, "box_masks": boxes_to_stride_masks(t["boxes"], hp, wp, self.stride), "color_similarity": sim}
+            for t, sim in zip(targets, similarity)
+        ]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, kernel_size={self.kernel_size}, dilation={self.dilation}, theta={self.theta}"

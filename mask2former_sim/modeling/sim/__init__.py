@@ -4,7 +4,7 @@ from .copy_paste import CopyPaste
 from .memory_bank import MemoryBank, paste_instances
 from .prototypes import PrototypeBank, semantic_map, sinkhorn_knopp
 from .pseudo_masks import PseudoMaskGenerator
-from .supervisor import SIMResult, SIMSupervisor
+from .supervisor import SIMSupervisor
 from .teacher import EMATeacher, ema_update_
 
 __all__ = [
@@ -17,6 +17,5 @@ __all__ = [
     "PseudoMaskGenerator",
     "semantic_map",
     "sinkhorn_knopp",
-    "SIMResult",
     "SIMSupervisor",
 ]

@@ -1,4 +1,4 @@
-"""Online weakly-supervised copy-paste (SIM §3.3, Eq. 9, 11; SPEC §6): what goes into the memory bank and what
+"""Online weakly-supervised copy-paste (SIM §3.3, Eq. 9, 11): what goes into the memory bank and what
 comes out of it onto a training image.
 
 :meth:`CopyPaste.paste` runs before the student's forward (from ``START_ITER``): with probability ``PROB`` per

@@ -1,4 +1,4 @@
-"""Online weakly-supervised copy-paste (SIM §3.3, Eq. 9, 11; SPEC §6): the FIFO memory bank and the paste.
+"""Online weakly-supervised copy-paste (SIM §3.3, Eq. 9, 11): the FIFO memory bank and the paste.
 
 :class:`MemoryBank` keeps the last ``MEMORY_LENGTH`` training images of this process with their boxes, classes,
 binary pseudo masks ``M̂'`` at input resolution (compressed RLE, see :func:`encode_masks`) and mask scores ``S_k``
@@ -23,6 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from ..image_list import place
 from ..losses.boxinst import box_raster
 from ..postprocessing import masks_to_boxes
 
@@ -32,7 +33,6 @@ __all__ = [
     "decode_masks",
     "num_instances_to_paste",
     "sample_instances",
-    "place",
     "paste_instances",
 ]
 
@@ -99,14 +99,6 @@ def sample_instances(
     if float(weights.sum()) <= 0:
         weights = torch.ones_like(weights)
     return torch.multinomial(weights, k, replacement=False, generator=generator)
-
-
-def place(x: torch.Tensor, height: int, width: int, fill: Any = 0) -> torch.Tensor:
-    """``x`` (..., h, w) cropped or padded (bottom/right, with ``fill``) to (..., height, width)."""
-    out = x.new_full(x.shape[:-2] + (height, width), fill)
-    h, w = min(height, x.shape[-2]), min(width, x.shape[-1])
-    out[..., :h, :w] = x[..., :h, :w]
-    return out
 
 
 def paste_instances(

@@ -10,7 +10,6 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
   background (``MODEL.SIM.OUTSIDE_BOX background``) or ignores it (``ignore``, the official code).
 - :func:`full_resolution_pseudo_masks` — ``M̂`` at input resolution for the copy-paste bank (M̂_prob
   upsampled bilinearly, thresholded, restricted to the box region at input resolution).
-- :func:`dynamic_tau_high` — the official code's per-instance τ_high (option).
 - :func:`split_region_weights` — the BCE weights of the ``box_split`` normalisation (an option).
 - :func:`mask_score` — Eq. 11, ``S_k = mean(M̂_prob over M̂ = 1)`` (copy-paste importance).
 - :func:`gather_positives` — the (head, query) pairs the student's Hungarian matching assigned to each GT.
@@ -33,14 +32,12 @@ __all__ = [
     "fuse_maps",
     "threshold_pseudo_mask",
     "full_resolution_pseudo_masks",
-    "dynamic_tau_high",
     "split_region_weights",
     "mask_score",
     "gather_positives",
     "PseudoMaskGenerator",
 ]
 
-POSITIVES = ("all_heads", "last_head")
 OUTSIDE_BOX = ("background", "ignore")
 BCE_NORMALISATION = ("image", "box_split")
 
@@ -106,7 +103,7 @@ def threshold_pseudo_mask(
 def full_resolution_pseudo_masks(
     prob: torch.Tensor, tau_high: torch.Tensor, region: torch.Tensor, stride: int
 ) -> torch.Tensor:
-    """M̂ at input resolution: ``up(M̂_prob) ≥ τ_high`` inside ``region``, for the copy-paste bank (SPEC §6).
+    """M̂ at input resolution: ``up(M̂_prob) ≥ τ_high`` inside ``region``, for the copy-paste bank (SIM §3.3).
 
     ``up`` is the bilinear ×``stride`` upsampling that inference applies to mask logits (cell ``i`` centred on
     input pixel ``stride·i + (stride − 1)/2``), so a pasted instance has the pseudo mask's outline at input
@@ -124,39 +121,6 @@ def full_resolution_pseudo_masks(
     height, width = region.shape[-2:]
     up = F.interpolate(prob[None].float(), scale_factor=stride, mode="bilinear", align_corners=False)[0]
     return (up[:, :height, :width] >= tau_high.to(up)[:, None, None]) & region
-
-
-def dynamic_tau_high(
-    prob: torch.Tensor,
-    inst: torch.Tensor,
-    box_mask: torch.Tensor,
-    instance_thresh: float,
-    low: float,
-    high: float,
-) -> torch.Tensor:
-    """The official code's per-instance τ_high (option ``DYNAMIC_TAU_HIGH``).
-
-    With ``n = #{M_I > instance_thresh inside the box}``, τ_high is the (n+1)-th largest value of ``M̂_prob``
-    inside the box, clamped to ``[low, high]`` (0.7, 0.8): roughly as many pixels become foreground as the
-    teacher's instance map is confident about.
-
-    Args:
-        prob: (K, h, w) M̂_prob; inst: (K, h, w) M_I; box_mask: (K, h, w).
-
-    Returns:
-        (K,) thresholds.
-    """
-    inside = box_mask > 0
-    taus = []
-    for p, m, b in zip(prob, inst, inside):
-        values = p[b]
-        if values.numel() == 0:
-            taus.append(prob.new_tensor(high))
-            continue
-        n = int(((m > instance_thresh) & b).sum())
-        ranked = values.sort(descending=True).values
-        taus.append(ranked[min(n, values.numel() - 1)])
-    return torch.stack(taus).clamp(low, high) if taus else prob.new_zeros(0)
 
 
 def split_region_weights(weights: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
@@ -189,7 +153,7 @@ def gather_positives(
     Args:
         indices_per_head: per head, per image ``(query_idx, gt_idx)`` (``SetCriterion.match``; CPU tensors).
         gts: GT indices to collect (e.g. the non-pasted ones).
-        heads: head positions to use (all heads, or only the final one at position 0).
+        heads: head positions to use (position 0 is the final head).
     """
     position = {gt: k for k, gt in enumerate(gts)}
     triples = []
@@ -207,13 +171,11 @@ class PseudoMaskGenerator:
     Args:
         stride: mask stride.
         proto_temperature: τ of Eq. 1.
-        iou_mu: μ of Eq. 6; alpha: α of Eq. 7; tau_low, tau_high: pseudo-label thresholds.
-        dynamic_tau_high: per-instance τ_high clamped to ``dynamic_tau_range`` (official code).
-        instance_map_thresh: M_I threshold of the dynamic τ_high (and of the prototype pixels before START_ITER).
-        positives: "all_heads" (the matched query of each head) or "last_head".
+        iou_mu: μ of Eq. 6; alpha: α of Eq. 7; tau_low, tau_high: pseudo-label thresholds (τ_high is the same
+            for every instance; the results carry it per instance for the copy-paste bank).
+        instance_map_thresh: M_I threshold of the prototype pixels before START_ITER (read by the SIM supervisor).
         outside_box: pixels outside the GT box are certain "background" for the pseudo loss, or "ignore"d
-            (weight 0, the official code's choice; on Mask2Former it lets the masks grow past their boxes,
-            docs/RESULTS.md §2).
+            (weight 0, the official code's choice; docs/DESIGN.md).
         bce_normalisation: "image": the BCE of Eq. 8 is a mean over all certain pixels; "box_split": half over
             the certain pixels inside the box and half over those outside (weights W_in / 2ΣW_in + W_out / 2ΣW_out,
             so a small box's pixels are not outweighed by the image).
@@ -228,10 +190,7 @@ class PseudoMaskGenerator:
         alpha: float,
         tau_low: float,
         tau_high: float,
-        dynamic_tau_high: bool,
-        dynamic_tau_range: Sequence[float],
         instance_map_thresh: float,
-        positives: str,
         outside_box: str = "background",
         bce_normalisation: str = "image",
     ) -> None:
@@ -241,8 +200,6 @@ class PseudoMaskGenerator:
             raise ValueError(
                 f"MODEL.SIM.PSEUDO_BCE_NORMALISATION must be one of {BCE_NORMALISATION}, found {bce_normalisation!r}"
             )
-        if positives not in POSITIVES:
-            raise ValueError(f"MODEL.SIM.POSITIVES must be one of {POSITIVES}, found {positives!r}")
         if not 0.0 <= tau_low <= tau_high <= 1.0:
             raise ValueError(
                 f"MODEL.SIM.TAU_LOW / TAU_HIGH must satisfy 0 <= low <= high <= 1, found {tau_low} / {tau_high}"
@@ -253,10 +210,7 @@ class PseudoMaskGenerator:
         self.alpha = alpha
         self.tau_low = tau_low
         self.tau_high = tau_high
-        self.dynamic_tau_high = dynamic_tau_high
-        self.dynamic_tau_range = tuple(float(v) for v in dynamic_tau_range)
         self.instance_map_thresh = instance_map_thresh
-        self.positives = positives
         self.outside_box = outside_box
         self.bce_normalisation = bce_normalisation
 
@@ -270,10 +224,7 @@ class PseudoMaskGenerator:
             alpha=sim.ALPHA,
             tau_low=sim.TAU_LOW,
             tau_high=sim.TAU_HIGH,
-            dynamic_tau_high=sim.DYNAMIC_TAU_HIGH,
-            dynamic_tau_range=sim.DYNAMIC_TAU_RANGE,
             instance_map_thresh=sim.INSTANCE_MAP_THRESH,
-            positives=sim.POSITIVES,
             outside_box=sim.OUTSIDE_BOX,
             bce_normalisation=sim.PSEUDO_BCE_NORMALISATION,
         )
@@ -294,13 +245,15 @@ class PseudoMaskGenerator:
             indices_per_head: the student's matches of every head.
             prototypes: (C, L, D) unit-norm prototypes.
 
+        The positives of a GT are its matched queries at every prediction head.
+
         Returns:
             per image ``{"gt": (K,) GT indices, "semantic", "instance", "prob", "labels", "weights", "region"
-            (box ∧ ¬padding), "box_masks": (K, h, w), "tau_high": (K,), "positives": K lists of (head, query,
-            weight)}``.
+            (box ∧ ¬padding), "box_masks": (K, h, w), "tau_high": (K,) (τ_high of each instance), "positives":
+            K lists of (head, query, weight)}``.
         """
         heads = [head for _, head in prediction_heads(teacher_outputs)][: len(indices_per_head)]
-        head_ids = list(range(len(heads))) if self.positives == "all_heads" else [0]
+        head_ids = list(range(len(heads)))
         features = F.normalize(teacher_outputs["mask_features"].float(), dim=1)
         results = []
         device = features.device
@@ -329,10 +282,7 @@ class PseudoMaskGenerator:
             classes, class_row = target["labels"][gts].unique(return_inverse=True)  # one map per class present
             sem = semantic_map(features[b], prototypes[classes], self.proto_temperature)[class_row]
             prob = fuse_maps(sem, inst, self.alpha)
-            if self.dynamic_tau_high:
-                tau_high = dynamic_tau_high(prob, inst, box_masks, self.instance_map_thresh, *self.dynamic_tau_range)
-            else:
-                tau_high = prob.new_full((len(gts),), self.tau_high)
+            tau_high = prob.new_full((len(gts),), self.tau_high)
             region = (box_masks > 0) & valid  # labels come from M̂ only inside the box
             labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
             if self.outside_box == "background":  # outside its box (on real pixels) a pixel is certain background
@@ -358,6 +308,5 @@ class PseudoMaskGenerator:
     def __repr__(self) -> str:
         return (
             f"PseudoMaskGenerator(alpha={self.alpha}, tau=({self.tau_low}, {self.tau_high}), "
-            f"temperature={self.proto_temperature}, dynamic_tau_high={self.dynamic_tau_high}, "
-            f"positives={self.positives})"
+            f"temperature={self.proto_temperature}, outside_box={self.outside_box!r})"
         )

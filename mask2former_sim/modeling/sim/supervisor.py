@@ -1,53 +1,38 @@
-"""``SIMSupervisor``: the SIM module of Figure 2, owned by ``MaskFormer`` in ``SUPERVISION sim``.
+"""``SIMSupervisor``: the SIM module of Figure 2, the supervision step that SUPERVISION ``sim`` adds to BoxInst-M2F.
 
 It composes four parts, each built from the config on its own: the EMA teacher (:mod:`.teacher`), the class
 prototypes (:mod:`.prototypes`), the pseudo-mask generator (:mod:`.pseudo_masks`) and the online copy-paste
-(:mod:`.copy_paste`). One training iteration (SPEC §5-6):
+(:mod:`.copy_paste`). In one training iteration (SIM §3, Eq. 1-11):
 
-1. :meth:`paste` — copy-paste bank instances onto the batch (before the student forward; from ``START_ITER``).
-2. the student forward, the targets (:mod:`..targets`) and the student's Hungarian matching at every head.
-3. :meth:`forward` — the teacher forward (no grad), the pseudo masks of every original GT (Eq. 1, 6, 7), the
-   bank filled with them (from ``START_ITER``, at input resolution), and the prototype update (Eq. 2-5) from the
-   student's features at the pseudo-foreground pixels (before ``START_ITER`` the pixels with
-   ``M_I > INSTANCE_MAP_THRESH`` inside the box). It returns the pseudo targets (from ``START_ITER``) and, at
-   logging iterations, the teacher's statistics.
-4. the losses, then after the optimizer step :meth:`update_teacher` (EMA).
+1. :meth:`prepare_inputs` — bank instances pasted onto the batch, before the student forward, once SIM has started;
+2. :meth:`build_targets` — the paste targets (:func:`~..losses.sim.paste_targets`), after the box targets;
+3. :meth:`after_matching` — with the student matched at every head: the teacher forward (no grad), the pseudo masks
+   of every original GT (Eq. 1, 6, 7), the bank filled with them (at input resolution), and the prototype update
+   (Eq. 2-5) from the student's features at the pseudo-foreground pixels (before SIM starts, the pixels with
+   ``M_I > INSTANCE_MAP_THRESH`` inside the box); the pseudo targets from the start on.
+
+The teacher's EMA step after each optimizer step, and its copy of the student before training, are the trainer's
+(:class:`~...engine.hooks.EMATeacherHook`).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..box_fit import mask_box_fill, mask_box_iou
+from ..losses.sim import paste_targets, with_pseudo_masks
 from ..pairwise_schedule import PairwiseSchedule
+from ..targets import SupervisionStep, Targets, TrainingStep
 from .copy_paste import CopyPaste
 from .prototypes import PrototypeBank
 from .pseudo_masks import PseudoMaskGenerator
 from .teacher import EMATeacher
 
-__all__ = ["SIMResult", "SIMSupervisor", "teacher_statistics"]
-
-logger = logging.getLogger(__name__)
-
-Indices = List[Tuple[torch.Tensor, torch.Tensor]]
-
-
-class SIMResult(NamedTuple):
-    """What :meth:`SIMSupervisor.forward` computes for the losses and the log.
-
-    Attributes:
-        pseudo: per image (``pseudo_labels``, ``pseudo_weights``), each (N, h, w) over ALL its GTs (pasted rows
-            zero), from ``START_ITER`` on; None before.
-        stats: :func:`teacher_statistics` at logging iterations, else None.
-    """
-
-    pseudo: Optional[List[Tuple[torch.Tensor, torch.Tensor]]]
-    stats: Optional[Dict[str, float]]
+__all__ = ["SIMSupervisor", "teacher_statistics"]
 
 
 def teacher_statistics(
@@ -74,7 +59,7 @@ def teacher_statistics(
     }
 
 
-class SIMSupervisor(nn.Module):
+class SIMSupervisor(SupervisionStep):
     """Teacher, prototypes, pseudo masks and copy-paste of SIM.
 
     Args:
@@ -83,7 +68,7 @@ class SIMSupervisor(nn.Module):
         pseudo_masks: the pseudo-mask generator (Eq. 1, 6, 7).
         copy_paste: the online copy-paste, or None (off).
         start_iter: first iteration with the pseudo and paste losses.
-        log_period: every this many iterations, compute and log :func:`teacher_statistics`; 0 = never.
+        stride: mask stride (``MODEL.BOXINST.MASK_STRIDE``).
         pairwise_warmup_end: with a pairwise term that starts once the masks have formed
             (:class:`~..pairwise_schedule.PairwiseSchedule`), a callable giving the iteration its warm-up ends
             (None before it starts): SIM's losses then also wait for it (the paper's order); None otherwise.
@@ -97,7 +82,7 @@ class SIMSupervisor(nn.Module):
         pseudo_masks: PseudoMaskGenerator,
         copy_paste: Optional[CopyPaste],
         start_iter: int,
-        log_period: int = 0,
+        stride: int,
         pairwise_warmup_end: Optional[Callable[[], Optional[int]]] = None,
     ) -> None:
         super().__init__()
@@ -106,8 +91,9 @@ class SIMSupervisor(nn.Module):
         self.pseudo_masks = pseudo_masks
         self.copy_paste = copy_paste
         self.start_iter = start_iter
-        self.log_period = log_period
+        self.stride = stride
         self.pairwise_warmup_end = pairwise_warmup_end
+        self._statistics: Dict[str, float] = {}
 
     @classmethod
     def from_config(
@@ -126,7 +112,7 @@ class SIMSupervisor(nn.Module):
             pseudo_masks=PseudoMaskGenerator.from_config(cfg),
             copy_paste=CopyPaste.from_config(cfg) if sim.COPY_PASTE.ENABLED else None,
             start_iter=sim.START_ITER,
-            log_period=cfg.LOG_PERIOD,
+            stride=cfg.MODEL.BOXINST.MASK_STRIDE,
             pairwise_warmup_end=pairwise_schedule.warmup_end if adaptive else None,
         )
 
@@ -145,58 +131,36 @@ class SIMSupervisor(nn.Module):
         end = self.pairwise_warmup_end()
         return end is not None and iteration >= end
 
-    # ------------------------------------------------------------------------------------------------ teacher
-    def init_teacher(self, student_parts: Sequence[nn.Module]) -> bool:
-        """Copy the student into the teacher unless it already holds a copy (or a checkpoint's teacher)."""
-        if bool(self.teacher.initialized):
-            return False
-        self.teacher.copy_from(student_parts)
-        return True
-
-    def update_teacher(self, student_parts: Sequence[nn.Module]) -> None:
-        """EMA step of the teacher (after each optimizer step)."""
-        self.teacher.update(student_parts)
-
-    # --------------------------------------------------------------------------------------------- copy-paste
-    def paste(self, batched_inputs: List[Dict[str, Any]], iteration: int) -> List[Dict[str, Any]]:
+    def prepare_inputs(self, batched_inputs: List[Dict[str, Any]], iteration: int) -> List[Dict[str, Any]]:
         """The batch with bank instances pasted (:meth:`.CopyPaste.paste`) once SIM has started."""
         if self.copy_paste is None or not self.started(iteration):
             return batched_inputs
         return self.copy_paste.paste(batched_inputs)
 
-    # -------------------------------------------------------------------------------------- pseudo masks etc.
-    @torch.no_grad()
-    def forward(
-        self,
-        images: torch.Tensor,
-        batched_inputs: List[Dict[str, Any]],
-        targets: List[Dict[str, torch.Tensor]],
-        indices_per_head: Sequence[Indices],
-        iteration: int,
-        student_features: torch.Tensor,
-    ) -> SIMResult:
-        """Teacher forward, pseudo masks, bank push and prototype update of one iteration.
+    def build_targets(self, targets: Targets, batched_inputs: Sequence[Dict[str, Any]], iteration: int) -> Targets:
+        """The paste targets: flags, bank masks of the pasted instances, originals' box masks minus the paste."""
+        return paste_targets(targets, batched_inputs, self.stride)
 
-        ``student_features`` (B, D, h, w) are the student's ``mask_features`` Z: the prototypes' centroids
-        (Eq. 2-5) come from Z, the semantic map M_S (Eq. 1) from the teacher's Z' (Fig. 2; the official code).
+    @torch.no_grad()
+    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
+        """Teacher forward, pseudo masks, bank push and prototype update of one iteration; the targets gain the
+        pseudo masks once SIM has started.
+
+        The student's ``mask_features`` Z give the prototypes' centroids (Eq. 2-5), the teacher's Z' the semantic
+        map M_S (Eq. 1) (Fig. 2; the official code).
         """
-        teacher_outputs = self.teacher(images)
-        results = self.pseudo_masks(teacher_outputs, targets, indices_per_head, self.prototypes.prototypes)
-        started = self.started(iteration)
-        stats = None
-        if self.log_period > 0 and (iteration + 1) % self.log_period == 0:
-            stats = teacher_statistics(targets, results, self.pseudo_masks.stride)
-            stats["bank_size"] = float(len(self.bank)) if self.bank is not None else 0.0
-            logger.info(
-                "SIM iter %d: teacher box IoU %.3f, box fill %.3f, pseudo foreground %.3f, bank %d (%s)",
-                iteration,
-                stats["teacher_box_iou"],
-                stats["teacher_box_fill"],
-                stats["pseudo_fg_fraction"],
-                stats["bank_size"],
-                "pseudo and paste losses on" if started else "warm-up: box losses only",
+        if not bool(self.teacher.initialized):
+            raise RuntimeError(
+                "the SIM teacher is not initialised: copy the student into it once its weights are loaded "
+                "(model.supervision.sim.teacher.copy_from(model); the trainer's EMATeacherHook does it)"
             )
-        student_features = F.normalize(student_features.detach().float(), dim=1)
+        teacher_outputs = self.teacher(step.images)
+        results = self.pseudo_masks(teacher_outputs, targets, step.indices, self.prototypes.prototypes)
+        started = self.started(step.iteration)
+        self._statistics = teacher_statistics(targets, results, self.stride)
+        self._statistics["bank_size"] = float(len(self.bank)) if self.bank is not None else 0.0
+        self._statistics["started"] = float(started)
+        student_features = F.normalize(step.outputs["mask_features"].detach().float(), dim=1)
         pixel_sets = []
         pseudo = [] if started else None
         for b, (target, res) in enumerate(zip(targets, results)):
@@ -209,7 +173,7 @@ class SIMSupervisor(nn.Module):
                 pseudo.append((pseudo_labels, pseudo_weights))
                 foreground = labels > 0
                 if self.copy_paste is not None:
-                    self.copy_paste.push(batched_inputs[b], target, res)
+                    self.copy_paste.push(step.batched_inputs[b], target, res)
             else:
                 foreground = (res["instance"] > self.pseudo_masks.instance_map_thresh) & res["region"]
             classes = target["labels"][gts]
@@ -217,7 +181,11 @@ class SIMSupervisor(nn.Module):
                 pixels = foreground[classes == c].any(0)
                 pixel_sets.append((c, student_features[b][:, pixels].T))
         self.prototypes.update(pixel_sets)
-        return SIMResult(pseudo=pseudo, stats=stats)
+        return with_pseudo_masks(targets, pseudo)
+
+    def statistics(self) -> Dict[str, float]:
+        """The teacher's fit to the boxes (:func:`teacher_statistics`), the bank size and whether SIM has started."""
+        return {f"sim/{k}": v for k, v in self._statistics.items()}
 
     def extra_repr(self) -> str:
         return f"start_iter={self.start_iter}, pseudo_masks={self.pseudo_masks}, copy_paste={self.copy_paste}"

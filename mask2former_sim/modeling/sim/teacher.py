@@ -2,21 +2,21 @@
 decoder) whose weights follow the student, ``θ_t ← m·θ_t + (1 − m)·θ_s`` after every optimizer step (SIM §3.4,
 momentum 0.9999), with buffers (batch-norm statistics) copied.
 
-Design (SPEC §5): the teacher is a submodule of the model, so it is saved in and restored from checkpoints with the
-model's ``state_dict`` and moves with ``model.to(device)``. Its parameters have ``requires_grad=False``, so the
-optimizer (``engine.optimizer.get_param_groups`` skips them), gradient clipping (which clips the optimizer's
-parameters) and DDP's gradient reducer (which registers only parameters that require grad) never see them. It is
-always in eval mode (``train()`` is a no-op), runs under ``torch.no_grad``, and its weights are a copy of the
-student made *after* the student's weights are loaded (:meth:`EMATeacher.copy_from`, called by
-``MaskFormer.init_teacher`` at the first training forward); the ``initialized`` buffer records that, so that a
-resumed run keeps the teacher from its checkpoint instead of copying the student again. The official code built
-the teacher afresh (random init): not reproduced.
+The teacher is a submodule of the model, so it is saved in and restored from checkpoints with the model's
+``state_dict`` and moves with ``model.to(device)``. Its parameters have ``requires_grad=False``, so the optimizer
+(``engine.optimizer.get_param_groups`` skips them), gradient clipping (which clips the optimizer's parameters) and
+DDP's gradient reducer (which registers only parameters that require grad) never see them. It is always in eval
+mode (``train()`` is a no-op) and runs under ``torch.no_grad``. Its weights are a copy of the student made *after*
+the student's weights are loaded (:meth:`EMATeacher.copy_from`, called by the trainer's
+:class:`~mask2former_sim.engine.hooks.EMATeacherHook` before training); the ``initialized`` buffer records that,
+so that a resumed run keeps the teacher from its checkpoint instead of copying the student again. The official
+code built the teacher afresh (random init): not reproduced (docs/DESIGN.md).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
@@ -88,22 +88,23 @@ class EMATeacher(nn.Module):
         """The teacher always stays in eval mode (no dropout / drop-path, frozen batch-norm statistics)."""
         return super().train(False)
 
-    def _pairs(self, student_parts: Sequence[nn.Module]) -> List[tuple]:
-        if len(student_parts) != len(self.part_names):
-            raise ValueError(f"expected the student's {self.part_names}, got {len(student_parts)} modules")
-        return [(getattr(self, name), part) for name, part in zip(self.part_names, student_parts)]
+    def _pairs(self, student: nn.Module) -> List[tuple]:
+        missing = [name for name in self.part_names if not isinstance(getattr(student, name, None), nn.Module)]
+        if missing:
+            raise ValueError(f"the student must have the modules {self.part_names}; missing {missing}")
+        return [(getattr(self, name), getattr(student, name)) for name in self.part_names]
 
     @torch.no_grad()
-    def copy_from(self, student_parts: Sequence[nn.Module]) -> None:
-        """Teacher := student (parameters and buffers); marks the teacher initialised."""
-        for mine, theirs in self._pairs(student_parts):
+    def copy_from(self, student: nn.Module) -> None:
+        """Teacher := student (parameters and buffers of its ``part_names`` modules); marks the teacher initialised."""
+        for mine, theirs in self._pairs(student):
             ema_update_(mine, theirs, 0.0)
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def update(self, student_parts: Sequence[nn.Module]) -> None:
-        """One EMA step towards the student (call after every optimizer step)."""
-        for mine, theirs in self._pairs(student_parts):
+    def update(self, student: nn.Module) -> None:
+        """One EMA step towards the student (after every optimizer step)."""
+        for mine, theirs in self._pairs(student):
             ema_update_(mine, theirs, self.momentum)
 
     @torch.no_grad()
