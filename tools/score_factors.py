@@ -86,7 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict]:
     meta = get_metadata(dataset)
     evaluators = {
         s: COCOEvaluator(
-            meta["json_file"], max_dets=list(cfg.TEST.MAX_DETS), dataset_id_map=meta["thing_dataset_id_to_contiguous_id"]
+            meta["json_file"],
+            max_dets=list(cfg.TEST.MAX_DETS),
+            dataset_id_map=meta["thing_dataset_id_to_contiguous_id"],
         )
         for s in SCORINGS
     }
