@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""How much of a model's AP its duplicate detections cost: segm AP of a COCO results json as it is, and after
+greedy mask non-maximum suppression (a detection is dropped when its mask IoU with a higher-scoring detection of
+the same image and class is at least ``--iou``). Mask2Former has no NMS; this is a diagnostic, not inference.
+
+    python tools/duplicate_suppression.py --gt instances_val.json \\
+        --results proj=output/a/inference/feral_cats_val/coco_instances_results.json pairwise=output/b/... [--iou 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+
+def mask_nms(results: List[dict], iou: float) -> List[dict]:
+    """The detections that survive greedy mask NMS within each (image, category), highest score first."""
+    groups: Dict[tuple, List[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["image_id"], r["category_id"])].append(r)
+    kept = []
+    for dets in groups.values():
+        dets = sorted(dets, key=lambda r: -r["score"])
+        rles = [d["segmentation"] for d in dets]
+        overlaps = np.asarray(mask_util.iou(rles, rles, [0] * len(rles))).reshape(len(rles), len(rles))
+        chosen: List[int] = []
+        for i in range(len(dets)):
+            if all(overlaps[i, j] < iou for j in chosen):
+                chosen.append(i)
+        kept += [dets[i] for i in chosen]
+    return kept
+
+
+def segm_ap(gt: COCO, results: List[dict]) -> Dict[str, float]:
+    """AP, AP50, AP75 (percent) of ``results`` against ``gt``, pycocotools at maxDets 100."""
+    if not results:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(results), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {"AP": 100 * evaluator.stats[0], "AP50": 100 * evaluator.stats[1], "AP75": 100 * evaluator.stats[2]}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gt", required=True, help="COCO json with the GT masks")
+    parser.add_argument("--results", nargs="+", required=True, metavar="NAME=JSON", help="COCO results json")
+    parser.add_argument("--iou", type=float, default=0.5, help="mask IoU at which a lower-scoring detection goes")
+    parser.add_argument("--json", default="", help="write the summary here")
+    args = parser.parse_args(argv)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(args.gt)
+    summary = {}
+    for spec in args.results:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            parser.error(f"--results takes NAME=JSON, got {spec!r}")
+        with open(path) as f:
+            results = json.load(f)
+        kept = mask_nms(results, args.iou)
+        summary[name] = {
+            "as_given": segm_ap(gt, results),
+            "after_nms": segm_ap(gt, kept),
+            "detections": {"as_given": len(results), "after_nms": len(kept)},
+        }
+        row = summary[name]
+        print(
+            f"{name:<14} AP {row['as_given']['AP']:.2f} -> {row['after_nms']['AP']:.2f}  "
+            f"AP50 {row['as_given']['AP50']:.2f} -> {row['after_nms']['AP50']:.2f}  "
+            f"detections {len(results)} -> {len(kept)}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
