@@ -45,7 +45,8 @@ def segm_ap(gt: COCO, results: List[dict]) -> Dict[str, float]:
     if not results:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(gt, gt.loadRes(results), "segm")
+        # loadRes writes area, bbox and id into the dicts it gets: give it copies, so ``results`` can be scored again
+        evaluator = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "segm")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

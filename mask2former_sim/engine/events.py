@@ -22,6 +22,8 @@ import statistics
 from collections import deque
 from typing import Any, Deque, Dict, Mapping, Optional
 
+from torch.utils.tensorboard import SummaryWriter
+
 from ..utils import comm
 
 __all__ = ["SmoothedValue", "TrainingProgress", "flatten_results", "JSONLinesWriter", "TensorBoardWriter"]
@@ -79,8 +81,6 @@ class TensorBoardWriter:
         if not comm.is_main_process():
             return
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
             self._writer = SummaryWriter(log_dir=self.log_dir)
         step = int(record["iteration"])
         for key, value in record.items():
