@@ -108,6 +108,11 @@ def test_sim_training_step_gives_finite_weighted_losses_for_every_key():
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.supervision.sim.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer_decoder.parameters())
+    # the logged bank size is the bank's at the next step (counted before that step's push)
+    pushed = len(model.supervision.sim.bank)
+    assert pushed >= 1 and stats["sim/bank_size"] == 0
+    model(_inputs(), iteration=1)
+    assert model.training_statistics()["sim/bank_size"] == pushed
 
 
 def test_before_start_iter_only_box_losses_train_but_prototypes_move():
