@@ -15,7 +15,6 @@ from mask2former_sim.modeling.sim.pseudo_masks import (
     gather_positives,
     instance_maps,
     mask_score,
-    split_region_weights,
     threshold_pseudo_mask,
 )
 
@@ -188,27 +187,6 @@ def test_loss_normalised_by_number_of_instances(num):
     assert math.isclose(
         float(sigmoid_ce_loss(logits, targets, num, torch.ones(2, 5))), 2 * float(one) / num, rel_tol=1e-6
     )
-
-
-def test_box_split_bce_is_half_the_in_box_mean_plus_half_the_outside_mean():
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 6, 6, generator=generator)
-    labels = (torch.rand(2, 6, 6, generator=generator) > 0.5).float()
-    certain = (torch.rand(2, 6, 6, generator=generator) > 0.3).float()
-    region = torch.zeros(2, 6, 6, dtype=torch.bool)
-    region[:, 1:3, 2:5] = True  # a small box: 6 of 36 pixels
-    weights = split_region_weights(certain, region)
-    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    for k in range(2):
-        inside, outside = (certain[k] > 0) & region[k], (certain[k] > 0) & ~region[k]
-        expected = 0.5 * bce[k][inside].mean() + 0.5 * bce[k][outside].mean()
-        got = sigmoid_ce_loss(logits[k : k + 1], labels[k : k + 1], 1.0, weights[k : k + 1])
-        torch.testing.assert_close(got, expected)
-    # the dice term sees the same pixels as with the binary weights
-    torch.testing.assert_close(dice_loss(logits, labels, 2.0, weights), dice_loss(logits, labels, 2.0, certain))
-    # no certain pixel outside: all the weight goes inside
-    only_inside = split_region_weights(certain * region, region)
-    torch.testing.assert_close(only_inside.flatten(1).sum(1), torch.ones(2))
 
 
 def test_weighted_losses_with_unit_weights_are_mask2formers_losses():

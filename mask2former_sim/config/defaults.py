@@ -151,8 +151,6 @@ _C.MODEL.SIM.TAU_LOW = 0.3  # pixels with M̂ <= this are pseudo background (pap
 _C.MODEL.SIM.TAU_HIGH = 0.7  # pixels with M̂ >= this are pseudo foreground; in between ignored (paper Table 7)
 # pixels outside the GT box in the pseudo loss: certain "background" or "ignore"d (weight 0, the official code)
 _C.MODEL.SIM.OUTSIDE_BOX = "background"  # "background" or "ignore" (docs/DESIGN.md)
-# Eq. 8's BCE: "image" = a mean over every certain pixel; "box_split" = half over those inside the box, half outside
-_C.MODEL.SIM.PSEUDO_BCE_NORMALISATION = "image"  # "image" or "box_split"
 _C.MODEL.SIM.INSTANCE_MAP_THRESH = 0.7  # M_I > this inside the box: prototype pixels before START_ITER (official code)
 _C.MODEL.SIM.START_ITER = 10000  # pseudo and paste losses from this iteration on (paper: 10k of 90k)
 _C.MODEL.SIM.PSEUDO_WEIGHT = 2.5  # weight of loss_pseudo: λ1 0.5 x Mask2Former's mask weight 5 (SIM Eq. 10)

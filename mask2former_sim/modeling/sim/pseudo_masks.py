@@ -10,7 +10,6 @@ All maps are at the mask stride (``Hp/4 × Wp/4``) as probabilities in [0, 1]:
   background (``MODEL.SIM.OUTSIDE_BOX background``) or ignores it (``ignore``, the official code).
 - :func:`full_resolution_pseudo_masks` — ``M̂`` at input resolution for the copy-paste bank (M̂_prob
   upsampled bilinearly, thresholded, restricted to the box region at input resolution).
-- :func:`split_region_weights` — the BCE weights of the ``box_split`` normalisation (an option).
 - :func:`mask_score` — Eq. 11, ``S_k = mean(M̂_prob over M̂ = 1)`` (copy-paste importance).
 - :func:`gather_positives` — the (head, query) pairs the student's Hungarian matching assigned to each GT.
 - :class:`PseudoMaskGenerator` — all of the above for the original (non-pasted) GTs of a batch.
@@ -32,14 +31,12 @@ __all__ = [
     "fuse_maps",
     "threshold_pseudo_mask",
     "full_resolution_pseudo_masks",
-    "split_region_weights",
     "mask_score",
     "gather_positives",
     "PseudoMaskGenerator",
 ]
 
 OUTSIDE_BOX = ("background", "ignore")
-BCE_NORMALISATION = ("image", "box_split")
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -123,20 +120,6 @@ def full_resolution_pseudo_masks(
     return (up[:, :height, :width] >= tau_high.to(up)[:, None, None]) & region
 
 
-def split_region_weights(weights: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """``W_in / (2·ΣW_in) + W_out / (2·ΣW_out)`` per instance, (K, h, w): half the weight inside ``region``, half
-    outside, each spread evenly over its pixels of weight > 0 (all of it to one side when the other has none)."""
-    inside = weights * region
-    outside = weights * ~region
-    n_in = inside.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
-    n_out = outside.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
-    has_in = (inside.flatten(1).sum(1) > 0)[:, None, None].to(weights)
-    has_out = (outside.flatten(1).sum(1) > 0)[:, None, None].to(weights)
-    share_in = torch.where(has_out > 0, 0.5, 1.0) * has_in
-    share_out = torch.where(has_in > 0, 0.5, 1.0) * has_out
-    return share_in * inside / n_in + share_out * outside / n_out
-
-
 def mask_score(prob: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 11: ``S_k = Σ M̂_prob·1(M̂ = 1) / Σ 1(M̂ = 1)`` per instance, (K, h, w) → (K,) (0 for empty masks)."""
     fg = labels.flatten(1) > 0
@@ -176,9 +159,6 @@ class PseudoMaskGenerator:
         instance_map_thresh: M_I threshold of the prototype pixels before START_ITER (read by the SIM supervisor).
         outside_box: pixels outside the GT box are certain "background" for the pseudo loss, or "ignore"d
             (weight 0, the official code's choice; docs/DESIGN.md).
-        bce_normalisation: "image": the BCE of Eq. 8 is a mean over all certain pixels; "box_split": half over
-            the certain pixels inside the box and half over those outside (weights W_in / 2ΣW_in + W_out / 2ΣW_out,
-            so a small box's pixels are not outweighed by the image).
     """
 
     def __init__(
@@ -192,14 +172,9 @@ class PseudoMaskGenerator:
         tau_high: float,
         instance_map_thresh: float,
         outside_box: str = "background",
-        bce_normalisation: str = "image",
     ) -> None:
         if outside_box not in OUTSIDE_BOX:
             raise ValueError(f"MODEL.SIM.OUTSIDE_BOX must be one of {OUTSIDE_BOX}, found {outside_box!r}")
-        if bce_normalisation not in BCE_NORMALISATION:
-            raise ValueError(
-                f"MODEL.SIM.PSEUDO_BCE_NORMALISATION must be one of {BCE_NORMALISATION}, found {bce_normalisation!r}"
-            )
         if not 0.0 <= tau_low <= tau_high <= 1.0:
             raise ValueError(
                 f"MODEL.SIM.TAU_LOW / TAU_HIGH must satisfy 0 <= low <= high <= 1, found {tau_low} / {tau_high}"
@@ -212,7 +187,6 @@ class PseudoMaskGenerator:
         self.tau_high = tau_high
         self.instance_map_thresh = instance_map_thresh
         self.outside_box = outside_box
-        self.bce_normalisation = bce_normalisation
 
     @classmethod
     def from_config(cls, cfg) -> "PseudoMaskGenerator":
@@ -226,7 +200,6 @@ class PseudoMaskGenerator:
             tau_high=sim.TAU_HIGH,
             instance_map_thresh=sim.INSTANCE_MAP_THRESH,
             outside_box=sim.OUTSIDE_BOX,
-            bce_normalisation=sim.PSEUDO_BCE_NORMALISATION,
         )
 
     @torch.no_grad()
@@ -287,8 +260,6 @@ class PseudoMaskGenerator:
             labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
             if self.outside_box == "background":  # outside its box (on real pixels) a pixel is certain background
                 weights = torch.where(region, weights, valid.to(weights).expand_as(weights))
-            if self.bce_normalisation == "box_split":
-                weights = split_region_weights(weights, region)
             results.append(
                 {
                     "gt": gts,
