@@ -3,20 +3,12 @@
 import json
 
 import numpy as np
-import pycocotools.mask as mask_util
 import pytest
+from _coco_fixtures import box_rle
 
 from tools.instance_iou_by_overlap import main, overlapping_flags
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
-
-
-def _rle(y1, x1, y2, x2, size=20):
-    m = np.zeros((size, size), np.uint8, order="F")
-    m[y1:y2, x1:x2] = 1
-    rle = mask_util.encode(m)
-    rle["counts"] = rle["counts"].decode()
-    return rle
 
 
 def test_overlap_flags_need_a_positive_intersection():
@@ -30,15 +22,15 @@ def test_best_iou_split_by_overlap(tmp_path, capsys):
         "images": [{"id": 1, "height": 20, "width": 20, "file_name": "a.png"}],
         "categories": [{"id": 1, "name": "cat"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "segmentation": _rle(0, 0, 10, 10)},
-            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [8, 0, 10, 10], "segmentation": _rle(0, 10, 10, 18)},
-            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 14, 4, 4], "segmentation": _rle(14, 0, 18, 4)},
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "segmentation": box_rle(0, 0, 10, 10)},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [8, 0, 10, 10], "segmentation": box_rle(0, 10, 10, 18)},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [0, 14, 4, 4], "segmentation": box_rle(14, 0, 18, 4)},
         ],
     }
     results = [
-        {"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": _rle(0, 0, 10, 10)},  # GT 1 exactly
-        {"image_id": 1, "category_id": 1, "score": 0.8, "segmentation": _rle(14, 0, 18, 2)},  # half of GT 3
-        {"image_id": 1, "category_id": 1, "score": 0.1, "segmentation": _rle(0, 10, 10, 18)},  # GT 2, below 0.3
+        {"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": box_rle(0, 0, 10, 10)},  # GT 1 exactly
+        {"image_id": 1, "category_id": 1, "score": 0.8, "segmentation": box_rle(14, 0, 18, 2)},  # half of GT 3
+        {"image_id": 1, "category_id": 1, "score": 0.1, "segmentation": box_rle(0, 10, 10, 18)},  # GT 2, below 0.3
     ]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "res.json").write_text(json.dumps(results))

@@ -21,6 +21,8 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mask2former_sim.evaluation import read_named_results
+
 
 def mask_nms(results: List[dict], iou: float) -> List[dict]:
     """The detections that survive greedy mask NMS within each (image, category), highest score first."""
@@ -62,13 +64,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
     args = parser.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(args.gt)
+    try:
+        named = read_named_results(args.results)
+    except ValueError as exc:
+        parser.error(str(exc))
     summary = {}
-    for spec in args.results:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            parser.error(f"--results takes NAME=JSON, got {spec!r}")
-        with open(path) as f:
-            results = json.load(f)
+    for name, results in named.items():
         kept = mask_nms(results, args.iou)
         summary[name] = {
             "as_given": segm_ap(gt, results),

@@ -24,6 +24,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from mask2former_sim.data.coco import segmentation_to_rle
+from mask2former_sim.evaluation import read_named_results
 
 
 def _xyxy(bbox: Sequence[float]) -> np.ndarray:
@@ -89,13 +90,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
     args = parser.parse_args(argv)
     with open(args.gt) as f:
         gt = json.load(f)
-    summary = {}
-    for spec in args.results:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            parser.error(f"--results takes NAME=JSON, got {spec!r}")
-        with open(path) as f:
-            summary[name] = summarize(best_ious(gt, json.load(f), args.min_score))
+    try:
+        named = read_named_results(args.results)
+    except ValueError as exc:
+        parser.error(str(exc))
+    summary = {name: summarize(best_ious(gt, results, args.min_score)) for name, results in named.items()}
     header = f"{'model':<14}" + "".join(f"{g:>34}" for g in ("overlapping", "isolated", "all"))
     print(header)
     for name, groups in summary.items():

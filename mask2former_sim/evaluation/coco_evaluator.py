@@ -77,6 +77,18 @@ def instances_to_coco_results(
     return results
 
 
+def read_named_results(specs: Sequence[str]) -> Dict[str, List[dict]]:
+    """``NAME=JSON`` strings (the diagnostics tools' ``--results``) → {NAME: the COCO results list of JSON}."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--results takes NAME=JSON, got {spec!r}")
+        with open(path) as f:
+            named[name] = json.load(f)
+    return named
+
+
 def images_with_masks(coco_gt: COCO) -> set:
     """Ids of the images whose annotations (crowd ones included) all carry a ``segmentation``; an image without
     annotations counts (its false positives are scored)."""
