@@ -1,5 +1,5 @@
-"""tools/score_factors.py: the three scorings are the model's score and its two factors, and the confident
-detections are counted against a brute-force IoU check."""
+"""tools/score_factors.py: the scorings are the model's score, its two factors and each detection's best GT IoU
+(checked against a numpy IoU), and the confident detections are counted against a brute-force IoU check."""
 
 import os
 
@@ -44,7 +44,17 @@ def test_confident_errors_by_brute_force():
     assert score_factors.confident_errors(inst, [mask_util.encode(gt)], 0.95)["confident"] == 0
 
 
-def test_main_writes_the_three_scorings(tmp_path):
+def test_best_gt_iou_against_numpy():
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.random((4, 12, 9)) > 0.5)
+    gts = [rng.random((12, 9)) > 0.6 for _ in range(3)]
+    rles = [mask_util.encode(np.asfortranarray(g.astype(np.uint8))) for g in gts]
+    expected = [max((m & g).sum() / (m | g).sum() for g in gts) for m in masks.numpy()]
+    np.testing.assert_allclose(score_factors.best_gt_iou(masks, rles), expected)
+    assert score_factors.best_gt_iou(masks, []).tolist() == [0.0] * 4
+
+
+def test_main_writes_the_scorings(tmp_path):
     name = register_from_string(make_tiny_dataset(str(tmp_path / "data")))
     try:
         torch.manual_seed(0)
@@ -57,5 +67,8 @@ def test_main_writes_the_three_scorings(tmp_path):
         )
     finally:
         remove_dataset(name)
-    assert set(summary["segm"]) == {"model", "class", "mask"}
+    assert set(summary["segm"]) == {"model", "class", "mask", "oracle"}
+    assert set(summary["spearman_with_iou"]) == {"model", "class", "mask"}
+    quantiles = list(summary["mask_score_quantiles"].values())
+    assert 0.0 <= quantiles[0] <= quantiles[1] <= quantiles[2] <= 1.0
     assert summary["confident_detections"]["gt"] > 0

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Which factor of Mask2Former's instance score ranks a model's detections: AP with the score as the model gives it
-(class probability × mean mask probability inside the mask), with the class probability alone, and with the mask
-score alone; and how many confident detections match no ground truth.
+(class probability × mean mask probability inside the mask), with the class probability alone, with the mask
+score alone, and with an oracle score (each detection's best mask IoU with a GT of its image: the AP its masks
+would reach if ranked by their quality); how well each score follows that IoU (Spearman's rho over all
+detections); and how many confident detections match no ground truth.
 
     python tools/score_factors.py --config-file configs/cpu/boxinst_m2f_cats_lite0.yaml \\
         --weights output/run/model_final.pth [--dataset feral_cats_val] [--output scores.json]
@@ -22,6 +24,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+from scipy.stats import spearmanr
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import build_test_loader, get_dataset_dicts, get_metadata, register_from_config
@@ -33,7 +36,8 @@ from mask2former_sim.modeling.postprocessing import instances_at_size, topk_quer
 
 logger = logging.getLogger("mask2former_sim.score_factors")
 
-SCORINGS = ("model", "class", "mask")
+SCORINGS = ("model", "class", "mask", "oracle")
+MASK_SCORE_QUANTILES = (0.1, 0.5, 0.9)  # quantiles of the mask score reported over all detections
 
 
 @torch.inference_mode()
@@ -51,13 +55,25 @@ def detections(model, x: Dict) -> Dict[str, torch.Tensor]:
     return inst
 
 
+def _encode(masks: torch.Tensor) -> list:
+    return mask_util.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
+
+
+def best_gt_iou(masks: torch.Tensor, gt_rles: list) -> np.ndarray:
+    """Each (N, H, W) mask's largest mask IoU with a GT instance of its image (0 when the image has none)."""
+    if masks.shape[0] == 0 or not gt_rles:
+        return np.zeros(masks.shape[0])
+    ious = np.asarray(mask_util.iou(_encode(masks), gt_rles, [0] * len(gt_rles)))
+    return ious.reshape(masks.shape[0], len(gt_rles)).max(axis=1)
+
+
 def confident_errors(inst: Dict[str, torch.Tensor], gt_rles: list, threshold: float) -> Dict[str, int]:
     """Confident detections, and those that match no GT (IoU < 0.5) or duplicate a higher-scoring one."""
     keep = inst["scores"] >= threshold
     masks = inst["pred_masks"][keep]
     if masks.shape[0] == 0:
         return {"confident": 0, "false_positive": 0, "duplicate": 0}
-    rles = mask_util.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
+    rles = _encode(masks)
     to_gt = np.asarray(mask_util.iou(rles, gt_rles, [0] * len(gt_rles))) if gt_rles else np.zeros((len(rles), 0))
     to_gt = to_gt.reshape(len(rles), len(gt_rles))
     order = inst["scores"][keep].argsort(descending=True).tolist()
@@ -94,18 +110,34 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict]:
     }
     gt = {d["image_id"]: d for d in get_dataset_dicts(dataset)}
     counts = {"confident": 0, "false_positive": 0, "duplicate": 0, "gt": 0}
+    per_detection: Dict[str, list] = {s: [] for s in SCORINGS}
     for batch in build_test_loader(cfg, dataset):
         x = batch[0]
         inst = detections(model, x)
-        base = {k: inst[k] for k in ("pred_masks", "pred_boxes", "pred_classes")}
-        for scoring, scores in zip(SCORINGS, (inst["scores"], inst["class_scores"], inst["mask_scores"])):
-            evaluators[scoring].process([x], [{"instances": {**base, "scores": scores}}])
         d = gt[x["image_id"]]
         gt_rles = [segmentation_to_rle(a["segmentation"], d["height"], d["width"]) for a in d["annotations"]]
+        oracle = torch.as_tensor(best_gt_iou(inst["pred_masks"], gt_rles), dtype=inst["scores"].dtype)
+        base = {k: inst[k] for k in ("pred_masks", "pred_boxes", "pred_classes")}
+        for scoring, scores in zip(SCORINGS, (inst["scores"], inst["class_scores"], inst["mask_scores"], oracle)):
+            evaluators[scoring].process([x], [{"instances": {**base, "scores": scores}}])
+            per_detection[scoring].append(scores.numpy())
         counts["gt"] += len(gt_rles)
         for key, value in confident_errors(inst, gt_rles, args.confident).items():
             counts[key] += value
-    summary = {"segm": {}, "bbox": {}, "confident_detections": counts}
+    values = {s: np.concatenate(v) if v else np.zeros(0) for s, v in per_detection.items()}
+    summary = {
+        "segm": {},
+        "bbox": {},
+        "confident_detections": counts,
+        "spearman_with_iou": {
+            s: float(spearmanr(values[s], values["oracle"])[0]) if len(values[s]) > 1 else float("nan")
+            for s in SCORINGS[:-1]
+        },
+        "mask_score_quantiles": {
+            str(q): float(np.quantile(values["mask"], q)) if len(values["mask"]) else float("nan")
+            for q in MASK_SCORE_QUANTILES
+        },
+    }
     for scoring, evaluator in evaluators.items():
         results = evaluator.evaluate()
         for task in ("segm", "bbox"):
