@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Which factor of Mask2Former's instance score ranks a model's detections: AP with the score as the model gives it
 (class probability × mean mask probability inside the mask), with the class probability alone, with the mask
-score alone, and with an oracle score (each detection's best mask IoU with a GT of its image: the AP its masks
-would reach if ranked by their quality); how well each score follows that IoU (Spearman's rho over all
-detections); and how many confident detections match no ground truth.
+score alone, and with an oracle score (each detection's best mask IoU with a GT of its image; copies of one
+instance share that IoU and rank together, so a model's duplicates pull this AP down); how well each score follows
+that IoU (Spearman's rho over all detections); and how many confident detections match no ground truth.
 
     python tools/score_factors.py --config-file configs/cpu/boxinst_m2f_cats_lite0.yaml \\
         --weights output/run/model_final.pth [--dataset feral_cats_val] [--output scores.json]
