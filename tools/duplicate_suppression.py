@@ -19,9 +19,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from mask2former_sim.evaluation import read_named_results
+from mask2former_sim.evaluation import read_named_results, segm_ap
 
 
 def mask_nms(results: List[dict], iou: float) -> List[dict]:
@@ -40,19 +39,6 @@ def mask_nms(results: List[dict], iou: float) -> List[dict]:
                 chosen.append(i)
         kept += [dets[i] for i in chosen]
     return kept
-
-
-def segm_ap(gt: COCO, results: List[dict]) -> Dict[str, float]:
-    """AP, AP50, AP75 (percent) of ``results`` against ``gt``, pycocotools at maxDets 100."""
-    if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        # loadRes writes area, bbox and id into the dicts it gets: give it copies, so ``results`` can be scored again
-        evaluator = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {"AP": 100 * evaluator.stats[0], "AP50": 100 * evaluator.stats[1], "AP75": 100 * evaluator.stats[2]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:

@@ -1,6 +1,6 @@
 """COCO evaluation (pycocotools) and the inference loop over a test loader."""
 
-from .coco_evaluator import COCOEvaluator, average_precision_at, instances_to_coco_results, read_named_results
+from .coco_evaluator import COCOEvaluator, average_precision_at, instances_to_coco_results, read_named_results, segm_ap
 from .evaluator import format_results_table, format_table, inference_on_dataset, print_csv_format
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "instances_to_coco_results",
     "print_csv_format",
     "read_named_results",
+    "segm_ap",
 ]

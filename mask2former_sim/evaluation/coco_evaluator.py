@@ -89,6 +89,20 @@ def read_named_results(specs: Sequence[str]) -> Dict[str, List[dict]]:
     return named
 
 
+def segm_ap(gt: COCO, results: List[dict]) -> Dict[str, float]:
+    """AP, AP50, AP75 (percent) of a COCO results list against ``gt``: pycocotools' summary at maxDets 100 (the
+    diagnostics tools' score of a results json as it is and after a change)."""
+    if not results:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes writes area, bbox and id into the dicts it gets: give it copies, so ``results`` can be scored again
+        evaluator = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {"AP": 100 * evaluator.stats[0], "AP50": 100 * evaluator.stats[1], "AP75": 100 * evaluator.stats[2]}
+
+
 def images_with_masks(coco_gt: COCO) -> set:
     """Ids of the images whose annotations (crowd ones included) all carry a ``segmentation``; an image without
     annotations counts (its false positives are scored)."""
