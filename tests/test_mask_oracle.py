@@ -40,11 +40,13 @@ GT = {
     "categories": [{"id": 1, "name": "cat"}],
     "annotations": [_ann(1, 2, 2, 10, 10), _ann(2, 12, 12, 20, 20)],
 }
+# as the evaluator writes them, with the box of each mask; the first in the list keeps its box in every run
 RESULTS = [
-    {"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": _hollow_square()},  # box IoU 1 with GT 1
-    {"image_id": 1, "category_id": 1, "score": 0.8, "segmentation": box_rle(0, 14, 4, 18)},  # touches no GT box
+    {"image_id": 1, "category_id": 1, "score": 0.8, "segmentation": box_rle(0, 14, 4, 18), "bbox": [14, 0, 4, 4]},
+    # box IoU 1 with GT 1
+    {"image_id": 1, "category_id": 1, "score": 0.9, "segmentation": _hollow_square(), "bbox": [2, 2, 8, 8]},
     # the top 3 rows of GT 2: box IoU 24/64 = 0.375 with GT 2, mask IoU the same
-    {"image_id": 1, "category_id": 1, "score": 0.7, "segmentation": box_rle(12, 12, 15, 20)},
+    {"image_id": 1, "category_id": 1, "score": 0.7, "segmentation": box_rle(12, 12, 15, 20), "bbox": [12, 12, 8, 3]},
 ]
 
 

@@ -95,8 +95,10 @@ def segm_ap(gt: COCO, results: List[dict]) -> Dict[str, float]:
     if not results:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
-        # loadRes writes area, bbox and id into the dicts it gets: give it copies, so ``results`` can be scored again
-        evaluator = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "segm")
+        # copies without their boxes: loadRes writes area, bbox and id into the dicts it gets, and a box on the first
+        # result makes it read every result as a box (area from the box, KeyError where a box is missing)
+        masks_only = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+        evaluator = COCOeval(gt, gt.loadRes(masks_only), "segm")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
