@@ -104,6 +104,9 @@ def test_reduced_run_writes_every_table(tmp_path):
             "--msda",
             "--forward",
             "64",
+            "--evaluation",
+            "--profile",
+            "1",
             "--ab-opts",
             "MODEL.BACKBONE.CHANNELS_LAST",
             "False",
@@ -126,8 +129,16 @@ def test_reduced_run_writes_every_table(tmp_path):
     assert report["ab"]["overrides"] == ["MODEL.BACKBONE.CHANNELS_LAST", "False"] and report["ab"]["ratio"] > 0
     text = (out / "benchmark.md").read_text()
     headings = ("## Training step", "## A/B of config overrides", "## Data loading", "## Inference", "## Scaling")
-    for heading in (*headings, "## Network forward"):
+    for heading in (*headings, "## Network forward", "## Evaluation", "## Profile: sim training step"):
         assert heading in text
+    stages = report["evaluation"]["ms_per_image"]
+    assert set(stages) == {"read and resize the image", "network", "post-processing", "RLE encoding"}
+    assert all(v > 0 for v in stages.values()) and report["evaluation"]["cocoeval_s"] > 0
+    for name in ("mask training step", "sim training step", "evaluation of one test image"):
+        rows = report["profile"][name]
+        assert rows and all(r["ms"] >= 0 and r["calls"] > 0 for r in rows), name
+        assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)  # by self time
+    assert any(r["operator"] == "aten::convolution_backward" for r in report["profile"]["mask training step"])
     assert "ours / transformers" in text and (out / "scaling.png").is_file()
     assert json.loads((out / "benchmark.json").read_text())["config"].endswith("sim_m2f_synthetic_tiny.yaml")
 
@@ -139,3 +150,23 @@ def test_inference_only_run_times_no_training(tmp_path):
     assert report["training"] == {} and "data" not in report
     assert report["inference"]["images"] == 1 and report["inference"]["whole image"] > 0
     assert "## Training step" not in (tmp_path / "benchmark.md").read_text()
+
+
+def test_against_a_commit_alternates_two_processes(tmp_path):
+    """--baseline-ref: the step of a commit (here HEAD) and of this tree, each in its own worker process."""
+    config = os.path.join(REPO, "configs", "cpu", "m2f_synthetic_tiny.yaml")
+    opts = ["--opts", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10"]
+    report = benchmark.main(
+        ["--config-file", config, "--smoke", "--modes", "mask", "--baseline-ref", "HEAD", "--no-data"]
+        + ["--no-inference", "--output-dir", str(tmp_path), *opts]
+    )
+    result = report["against_ref"]
+    assert len(result["commit"]) == 40
+    ((base, mine),) = result["modes"]["mask"]["pairs_s"]  # one alternated pair in --smoke
+    assert base > 0 and mine > 0 and result["modes"]["mask"]["ratio"] == pytest.approx(mine / base)
+    assert "## Against commit HEAD" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_against_a_commit_rejects_an_unknown_ref(tmp_path):
+    with pytest.raises(SystemExit, match="not a commit"):
+        benchmark.export_tree("no-such-ref", str(tmp_path))

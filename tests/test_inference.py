@@ -12,7 +12,13 @@ from mask2former_sim.modeling.image_list import pad_images
 from mask2former_sim.modeling.losses.mask import MaskCost, MaskTargets, PointSampledMaskLoss
 from mask2former_sim.modeling.matcher import HungarianMatcher
 from mask2former_sim.modeling.meta_arch import MaskFormer
-from mask2former_sim.modeling.postprocessing import instance_inference, masks_to_boxes, topk_queries
+from mask2former_sim.modeling.postprocessing import (
+    instance_inference,
+    instances_at_size,
+    masks_to_boxes,
+    masks_to_instances,
+    topk_queries,
+)
 from mask2former_sim.modeling.supervision import Supervision
 from mask2former_sim.modeling.targets import image_targets
 
@@ -110,6 +116,44 @@ def test_instance_inference_scores_by_hand():
         assert torch.equal(mask, binary)
         mask_score = float((mask_pred[q].sigmoid() * binary).sum() / (binary.sum() + 1e-6))
         assert score == pytest.approx(p * mask_score, rel=1e-5)
+
+
+def _instances_by_full_resize(logits, scores, labels, padded, image, output):
+    """Mask2Former's order written out: every mask upsampled to the padded size, cropped, resized to the output."""
+    x = F.interpolate(logits[:, None], size=padded, mode="bilinear", align_corners=False)[:, :, : image[0], : image[1]]
+    if image != output:
+        x = F.interpolate(x, size=output, mode="bilinear", align_corners=False)
+    return masks_to_instances(x[:, 0], scores, labels)
+
+
+@pytest.mark.parametrize(
+    "low,padded,image,output",
+    [
+        ((16, 16), (64, 64), (64, 64), (160, 160)),  # a test size of 64 for a 160-px photo
+        ((16, 12), (64, 48), (61, 45), (122, 90)),  # padding cropped, then upsampled
+        ((24, 24), (96, 96), (90, 96), (60, 64)),  # downsampled to the output
+        ((8, 8), (32, 32), (32, 32), (32, 32)),  # no second resize
+    ],
+)
+def test_windowed_postprocessing_equals_resizing_every_mask_whole(low, padded, image, output):
+    """Each mask resized over its window only gives the masks, boxes and scores of resizing all of it."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randn(40, 1, low[0] // 4 + 2, low[1] // 4 + 2, generator=g)
+    smooth = F.interpolate(coarse, size=low, mode="bilinear", align_corners=False)[:, 0]
+    logits = smooth * 4 - torch.linspace(-3, 10, 40)[:, None, None]  # large, small and empty masks
+    logits[5] = -1.0
+    logits[6] = -1.0
+    logits[6, 0, 0] = 0.5  # one positive cell in a corner
+    scores, labels = torch.rand(40, generator=g), torch.randint(0, 3, (40,), generator=g)
+    expected = _instances_by_full_resize(logits, scores, labels, padded, image, output)
+    got = instances_at_size(logits, scores, labels, padded, image, output)
+    assert got["pred_masks"].shape == (40, *output) and got["pred_masks"].dtype == torch.bool
+    assert torch.equal(got["pred_masks"], expected["pred_masks"])
+    assert torch.equal(got["pred_boxes"], expected["pred_boxes"])
+    assert torch.equal(got["pred_classes"], expected["pred_classes"])
+    assert torch.allclose(got["scores"], expected["scores"], rtol=1e-5, atol=1e-7)
+    assert not got["pred_masks"][5].any() and got["scores"][5] == 0 and got["pred_masks"][6].any()
+    assert (expected["pred_masks"].flatten(1).sum(1) == 0).sum() >= 5  # the case of empty masks is exercised
 
 
 def test_topk_over_queries_and_classes_clips_k():

@@ -18,6 +18,15 @@ Sections (each prints a markdown table; all are written to ``<output-dir>/benchm
 - **inference**: seconds per test image (``DATASETS.TEST[0]``, ``--inference-images`` images, test-time
   resize of the config) with the config's sliding window and without it; ``--weights`` loads a trained
   checkpoint (random init keeps every query, which the score threshold of a trained model would drop).
+- **against a commit** (``--baseline-ref REV``): the training step of every ``--modes`` mode in this tree and in
+  commit REV of this repository (``git archive`` into a temporary folder), each in its own process that imports
+  its own ``mask2former_sim`` and sets the process up as its ``train_net.py`` does, alternated step by step on the
+  same batches; per-pair ratios and their median.
+- **evaluation** (``--evaluation``): where one COCO evaluation's time goes, per test image: reading and resizing
+  the image, the network, post-processing (the kept detections brought to the image size, thresholded, scored,
+  boxed), RLE encoding, and pycocotools' evaluation of all images at the end (``--inference-images`` images).
+- **profile** (``--profile N``): ``torch.profiler`` over N training steps of every mode and over the evaluation of
+  one test image: the operators by self time, with their input shapes.
 - **transformers** (``--compare-transformers``, mask mode): the same training step (same batches, forward, loss,
   backward, clipping, AdamW) of Hugging Face transformers' ``Mask2FormerForUniversalSegmentation`` built from
   an equivalent config with random weights (the config's timm backbone, widths, layers, queries, points),
@@ -40,11 +49,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
+import io
 import itertools
 import json
 import math
 import os
 import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections import defaultdict
@@ -60,6 +74,8 @@ from mask2former_sim.engine.trainer import Trainer
 from mask2former_sim.modeling.sim import supervisor
 
 MODES = ("mask", "box", "sim")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_TAG = "@benchmark-worker "  # prefixes the step worker's replies on its stdout (logging may share it)
 DETECTIONS = 100  # detections per image in the inference scaling (Mask2Former's default TEST.DETECTIONS_PER_IMAGE)
 
 
@@ -270,6 +286,126 @@ def time_ab(
     return out
 
 
+def retain_freed_memory_if_present() -> bool:
+    """What ``train_net.py`` does to the process in the tree this process imports (nothing in trees before it)."""
+    if importlib.util.find_spec("mask2former_sim.utils.memory") is None:
+        return False
+    from mask2former_sim.utils.memory import retain_freed_memory
+
+    return retain_freed_memory()
+
+
+def step_worker(config_file: str, mode: str, device: str, opts: Sequence[str], num_batches: int) -> None:
+    """Serve training steps on stdin: one line ``step`` → one reply with its seconds (``--step-worker``)."""
+    retain_freed_memory_if_present()
+    cfg = mode_cfg(config_file, mode, device, opts)
+    _, step = training_stepper(cfg, prefetch(cfg, num_batches))
+    print(WORKER_TAG + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        print(WORKER_TAG + json.dumps({"seconds": step()}), flush=True)
+
+
+class StepWorker:
+    """A :func:`step_worker` process importing the ``mask2former_sim`` of ``tree``."""
+
+    def __init__(self, tree: str, config_file: str, mode: str, device: str, opts: Sequence[str], batches: int):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([tree, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # the data sets of this checkout, wherever the tree lies
+        from mask2former_sim.data import catalog
+
+        env.setdefault("M2F_SIM_SHARED_DATA", os.path.abspath(catalog.shared_data_root()))
+        env.setdefault("M2F_SIM_DATASETS", os.path.abspath(catalog.generated_datasets_root()))
+        command = [sys.executable, os.path.abspath(__file__), "--step-worker", "--config-file", config_file]
+        command += ["--modes", mode, "--device", device, "--batches", str(batches), "--opts", *opts]
+        self.process = subprocess.Popen(
+            command, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self._reply()
+
+    def _reply(self) -> Dict[str, Any]:
+        for line in self.process.stdout:
+            if line.startswith(WORKER_TAG):
+                return json.loads(line[len(WORKER_TAG) :])
+        raise RuntimeError(f"the benchmark step worker exited with status {self.process.wait()}")
+
+    def step(self) -> float:
+        self.process.stdin.write("step\n")
+        return float(self._reply()["seconds"])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        self.process.wait()
+
+
+def export_tree(ref: str, destination: str) -> str:
+    """Commit ``ref`` of this repository, written into ``destination`` (``git archive``); its full hash."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline-ref {ref!r} is not a commit of {REPO_ROOT}: {commit.stderr.strip()}")
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=REPO_ROOT, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(destination, filter="data")
+    return commit.stdout.strip()
+
+
+def time_against_ref(
+    ref: str,
+    config_file: str,
+    modes: Sequence[str],
+    device: str,
+    opts: Sequence[str],
+    batches: int,
+    warmup: int,
+    steps: int,
+) -> Dict[str, Any]:
+    """Per mode, the training step of commit ``ref`` and of this tree alternated step by step (:class:`StepWorker`)."""
+    out: Dict[str, Any] = {"ref": ref, "modes": {}}
+    with tempfile.TemporaryDirectory(prefix="benchmark-baseline-") as tree:
+        out["commit"] = export_tree(ref, tree)
+        for mode in modes:
+            workers = [StepWorker(t, config_file, mode, device, opts, batches) for t in (tree, REPO_ROOT)]
+            try:
+                for _ in range(warmup):
+                    for worker in workers:
+                        worker.step()
+                pairs = [tuple(worker.step() for worker in workers) for _ in range(steps)]
+            finally:
+                for worker in workers:
+                    worker.close()
+            ratios = [mine / base for base, mine in pairs]
+            out["modes"][mode] = {
+                "pairs_s": pairs,
+                "baseline_s": statistics.median(p[0] for p in pairs),
+                "this_s": statistics.median(p[1] for p in pairs),
+                "ratio": statistics.median(ratios),
+            }
+    return out
+
+
+def against_ref_table(result: Dict[str, Any]) -> str:
+    lines = []
+    for mode, r in result["modes"].items():
+        lines += [
+            f"{mode} step, commit `{result['commit'][:7]}` and this tree alternated {len(r['pairs_s'])} times:",
+            "",
+            f"| | `{result['commit'][:7]}` (ms) | this tree (ms) | this / `{result['commit'][:7]}` |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| pair {i + 1} | {_ms(b)} | {_ms(m)} | {m / b:.2f}x |" for i, (b, m) in enumerate(r["pairs_s"])]
+        lines += [
+            f"| **median** | **{_ms(r['baseline_s'])}** | **{_ms(r['this_s'])}** | **{r['ratio']:.2f}x** "
+            f"({1 / r['ratio']:.2f}x faster) |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def time_data_loading(config_file: str, mode: str, device: str, opts: Sequence[str], steps: int) -> Dict[str, float]:
     """Median step and data-wait seconds of the real trainer loop with the config's loader workers."""
     cfg = get_cfg(
@@ -341,6 +477,143 @@ def time_inference(
         synchronize(torch.device(device))
         results[name] = (time.perf_counter() - start) / len(inputs)
     return results
+
+
+def time_evaluation(
+    config_file: str, device: str, opts: Sequence[str], num_images: int, weights: str = ""
+) -> Dict[str, Any]:
+    """Milliseconds per test image of each stage of ``train_net.py --eval-only`` (mapper, network, post-processing,
+    RLE encoding) and the seconds of pycocotools' evaluation of them all, through the public functions."""
+    from mask2former_sim.data.mapper import InferenceDatasetMapper
+    from mask2former_sim.engine import load_model_weights
+    from mask2former_sim.evaluation import COCOEvaluator
+    from mask2former_sim.modeling import build_model
+    from mask2former_sim.modeling.postprocessing import instances_at_size, topk_queries
+
+    cfg = get_cfg(config_file, ["MODEL.DEVICE", device, *opts])
+    register_from_config(cfg)
+    dataset = cfg.DATASETS.TEST[0]
+    dicts = get_dataset_dicts(dataset)[:num_images]
+    mapper = InferenceDatasetMapper.from_config(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if weights:
+        load_model_weights(model, weights)
+    evaluator = COCOEvaluator.from_config(cfg, dataset)
+    evaluator.reset()
+    seconds: Dict[str, float] = defaultdict(float)
+    dev = torch.device(device)
+
+    def clock(stage: str, start: float) -> float:
+        synchronize(dev)
+        now = time.perf_counter()
+        seconds[stage] += now - start
+        return now
+
+    with torch.inference_mode():
+        model.inference([mapper(dicts[0])])  # warm-up
+        for d in dicts:
+            start = time.perf_counter()
+            x = mapper(d)
+            start = clock("read and resize the image", start)
+            images, sizes = model.preprocess_images([x])
+            outputs = model.forward_network(images, all_heads=False)
+            start = clock("network", start)
+            scores, labels, queries = topk_queries(outputs["pred_logits"][0], model.test_topk)
+            instances = instances_at_size(
+                outputs["pred_masks"][0][queries],
+                scores,
+                labels,
+                tuple(images.shape[-2:]),
+                sizes[0],
+                (int(x["height"]), int(x["width"])),
+            )
+            start = clock("post-processing", start)
+            evaluator.process([x], [{"instances": instances}])  # RLE encoding into COCO results
+            clock("RLE encoding", start)
+    start = time.perf_counter()
+    metrics = evaluator.evaluate()
+    out: Dict[str, Any] = {"images": len(dicts), "dataset": dataset, "weights": weights or "random init"}
+    out["ms_per_image"] = {k: 1000.0 * v / len(dicts) for k, v in seconds.items()}
+    out["cocoeval_s"] = time.perf_counter() - start
+    out["segm_AP"] = metrics.get("segm", {}).get("AP")
+    out["test_size"] = cfg.INPUT.MIN_SIZE_TEST
+    return out
+
+
+def evaluation_table(result: Dict[str, Any]) -> str:
+    stages = result["ms_per_image"]
+    total = sum(stages.values())
+    lines = [
+        f"{result['images']} images of `{result['dataset']}` at test size {result['test_size']} "
+        f"({result['weights']}; segm AP {result['segm_AP']}):",
+        "",
+        "| stage | ms / image | share |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v:.1f} | {100 * v / total:.0f}% |" for k, v in stages.items()]
+    lines += [
+        f"| **per image** | **{total:.1f}** | |",
+        f"| pycocotools (all images, s) | {result['cocoeval_s']:.2f} | |",
+    ]
+    return "\n".join(lines)
+
+
+def profile_operators(run: Callable[[], Any], repeats: int, top: int = 15) -> List[Dict[str, Any]]:
+    """The ``top`` operators by self CPU time over ``repeats`` calls of ``run`` (ms per call, calls per call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(repeats):
+            run()
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [
+        {
+            "operator": e.key,
+            "shapes": str(e.input_shapes),
+            "ms": e.self_cpu_time_total / 1000.0 / repeats,
+            "calls": e.count / repeats,
+        }
+        for e in events
+    ]
+
+
+def profile_table(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| operator | input shapes | self ms | calls |", "|---|---|---|---|"]
+    for r in rows:
+        shapes = r["shapes"].replace("[], ", "").replace(", []", "")[:90]
+        lines.append(f"| {r['operator']} | {shapes} | {r['ms']:.1f} | {r['calls']:.0f} |")
+    return "\n".join(lines)
+
+
+def profile_sections(args: argparse.Namespace, batches: List[Any]) -> Dict[str, Any]:
+    """``--profile``: the operators of every mode's training step and of one test image's evaluation."""
+    from mask2former_sim.data.mapper import InferenceDatasetMapper
+    from mask2former_sim.engine import load_model_weights
+    from mask2former_sim.evaluation.coco_evaluator import instances_to_coco_results
+    from mask2former_sim.modeling import build_model
+
+    out: Dict[str, Any] = {}
+    for mode in args.modes:
+        _, step = training_stepper(mode_cfg(args.config_file, mode, args.device, args.opts), batches)
+        for _ in range(max(args.warmup, 1)):
+            step()
+        out[f"{mode} training step"] = profile_operators(step, args.profile)
+    cfg = get_cfg(args.config_file, ["MODEL.DEVICE", args.device, *args.opts])
+    register_from_config(cfg)
+    x = InferenceDatasetMapper.from_config(cfg)(get_dataset_dicts(cfg.DATASETS.TEST[0])[0])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if args.weights:
+        load_model_weights(model, args.weights)
+
+    def evaluate_one() -> None:
+        (result,) = model.predict([x])
+        instances_to_coco_results(result["instances"], 0, {k: k for k in range(model.num_classes)})
+
+    evaluate_one()
+    out["evaluation of one test image"] = profile_operators(evaluate_one, max(args.profile, 1))
+    return out
 
 
 def transformers_model(cfg) -> torch.nn.Module:
@@ -544,16 +817,22 @@ def time_forward(config_file: str, device: str, opts: Sequence[str], size: int, 
 
 
 def time_msda(device: torch.device, warmup: int, iters: int, smoke: bool) -> Dict[str, Any]:
-    """The CUDA deformable-attention op against the PyTorch path (forward, forward + backward, peak memory)."""
-    from mask2former_sim.layers import ms_deform_attn_cuda
+    """The compiled deformable-attention kernels (the CUDA op on CUDA, the CPU kernels on the CPU) against the
+    PyTorch path (forward, forward + backward, peak memory); on the CPU at the cats recipe's shapes (256-px input,
+    levels 32, 16, 8)."""
+    from mask2former_sim.layers import ms_deform_attn_cpu, ms_deform_attn_cuda
     from mask2former_sim.layers.ms_deform_attn import ms_deform_attn_pytorch
 
-    shapes = [(128, 128), (64, 64), (32, 32)] if device.type == "cuda" and not smoke else [(16, 16), (8, 8), (4, 4)]
+    if smoke:
+        shapes = [(16, 16), (8, 8), (4, 4)]
+    else:
+        shapes = [(128, 128), (64, 64), (32, 32)] if device.type == "cuda" else [(32, 32), (16, 16), (8, 8)]
     g = torch.Generator().manual_seed(0)
     spatial = torch.tensor(shapes, dtype=torch.int64)
     areas = spatial.prod(1)
     starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
-    total, batch, heads, channels, levels, points = int(areas.sum()), 2, 8, 32, len(shapes), 4
+    batch, heads = (2, 8) if device.type == "cuda" else (8, 4)  # R50 at 1024 px; the CPU configs' encoder at batch 8
+    total, channels, levels, points = int(areas.sum()), 32, len(shapes), 4
     value = torch.randn(batch, total, heads, channels, generator=g).to(device)
     loc = torch.rand(batch, total, heads, levels, points, 2, generator=g).to(device)
     weights = (
@@ -566,6 +845,8 @@ def time_msda(device: torch.device, warmup: int, iters: int, smoke: bool) -> Dic
     impls = {"pytorch": ms_deform_attn_pytorch}
     if device.type == "cuda" and ms_deform_attn_cuda.is_available():
         impls["op"] = lambda v, s, i, lo, a: ms_deform_attn_cuda.MSDeformAttnFunction.apply(v, s, i, lo, a, 128)
+    if device.type == "cpu" and ms_deform_attn_cpu.is_available():
+        impls["cpu kernels"] = ms_deform_attn_cpu.MSDeformAttnCPUFunction.apply
     out: Dict[str, Any] = {"shapes": shapes, "S": total}
     for name, impl in impls.items():
         leaves = [t.detach().requires_grad_(True) for t in (value, loc, weights)]
@@ -694,6 +975,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--inference-images", type=int, default=16)
     parser.add_argument("--weights", default="", help="trained checkpoint for the inference sections")
     parser.add_argument("--compare-transformers", action="store_true")
+    parser.add_argument("--baseline-ref", default="", help="a commit: its step alternated with this tree's")
+    parser.add_argument("--evaluation", action="store_true", help="time each stage of a COCO evaluation")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="torch.profiler over STEPS steps")
+    parser.add_argument("--step-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument(
         "--ab-opts", nargs="+", default=None, metavar="KEY VALUE", help="time the first mode's step with these too"
@@ -707,6 +992,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--output-dir", default="output/benchmark")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
+    if args.step_worker:
+        step_worker(args.config_file, args.modes[0], args.device, args.opts, args.batches)
+        return {}
+    retain_freed_memory_if_present()  # as train_net.py
     warmup, steps = (1, 1) if args.smoke else (args.warmup, args.steps)
     device = torch.device(args.device)
     report: Dict[str, Any] = {
@@ -742,6 +1031,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     report.update(training=training, transformers=transformers)
     if training:
         md += ["## Training step", "", training_table(training), ""]
+    if args.baseline_ref and args.modes:
+        against = time_against_ref(
+            args.baseline_ref,
+            args.config_file,
+            args.modes,
+            args.device,
+            args.opts,
+            1 if args.smoke else args.batches,
+            warmup,
+            steps,
+        )
+        report["against_ref"] = against
+        md += [f"## Against commit {args.baseline_ref}", "", against_ref_table(against), ""]
     if transformers is not None:
         md += ["## transformers' Mask2Former", "", transformers_table(transformers), ""]
     if args.ab_opts and args.modes:
@@ -770,6 +1072,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             f"B / A: **{ab['ratio']:.2f}x**",
             "",
         ]
+    if args.evaluation:
+        evaluation = time_evaluation(
+            args.config_file, args.device, args.opts, 1 if args.smoke else args.inference_images, args.weights
+        )
+        report["evaluation"] = evaluation
+        md += ["## Evaluation", "", evaluation_table(evaluation), ""]
+    if args.profile:
+        profiles = profile_sections(args, batches)
+        report["profile"] = profiles
+        for name, rows in profiles.items():
+            md += [f"## Profile: {name}", "", profile_table(rows), ""]
     if not args.no_data and args.modes:
         data = time_data_loading(args.config_file, args.modes[0], args.device, args.opts, 2 if args.smoke else steps)
         report["data"] = data

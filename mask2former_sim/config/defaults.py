@@ -50,7 +50,7 @@ _C.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6  # deformable encoder layers
 _C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
 _C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # attention heads of the encoder
 _C.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN (Mask2Former: 1024)
-_C.MODEL.SEM_SEG_HEAD.MSDA_IMPL = "auto"  # "auto" (CUDA op if built and on CUDA, else PyTorch), "cuda", "pytorch"
+_C.MODEL.SEM_SEG_HEAD.MSDA_IMPL = "auto"  # the CUDA op or CPU kernels when they load, else PyTorch; cuda, cpu, pytorch
 _C.MODEL.SEM_SEG_HEAD.MSDA_IM2COL_STEP = 128  # batch chunk of the CUDA op (Mask2Former)
 
 _C.MODEL.MASK_FORMER = _FvCfgNode()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..utils import comm
+from ..utils.memory import retain_freed_memory
 
 __all__ = ["setup_logger", "default_setup", "seed_all_rng", "resolve_seed"]
 
@@ -70,13 +71,15 @@ def seed_all_rng(seed: int) -> None:
 
 
 def default_setup(cfg: Any, args: Any = None) -> int:
-    """Create ``OUTPUT_DIR``, set up logging, save ``config.yaml``, seed every RNG; returns the base seed.
+    """Create ``OUTPUT_DIR``, set up logging, save ``config.yaml``, seed every RNG, keep freed memory for reuse
+    (:func:`~mask2former_sim.utils.memory.retain_freed_memory`); returns the base seed.
 
-    ``cfg.SEED < 0`` draws a random seed (logged) that is shared by all processes; each process is seeded with
-    ``seed + rank``. The resolved seed is written back into ``cfg.SEED`` (and thus into ``config.yaml`` and
-    checkpoints) so a run can be repeated. ``cfg`` must be mutable when ``SEED < 0``.
+        ``cfg.SEED < 0`` draws a random seed (logged) that is shared by all processes; each process is seeded with
+        ``seed + rank``. The resolved seed is written back into ``cfg.SEED`` (and thus into ``config.yaml`` and
+        checkpoints) so a run can be repeated. ``cfg`` must be mutable when ``SEED < 0``.
     """
     rank = comm.get_rank()
+    retain_freed_memory()
     output_dir = cfg.OUTPUT_DIR
     if comm.is_main_process() and output_dir:
         os.makedirs(output_dir, exist_ok=True)

@@ -54,7 +54,8 @@ def instances_to_coco_results(
     masks = instances["pred_masks"].detach().cpu().bool()
     boxes = instances.get("pred_boxes")
     boxes = masks_to_boxes(masks) if boxes is None else boxes.detach().cpu().float()
-    rles = mask_util.encode(np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8)))
+    # (N, H, W) -> the (H, W, N) Fortran-order uint8 array pycocotools encodes, in one transposing copy
+    rles = mask_util.encode(np.ascontiguousarray(masks.numpy().transpose(0, 2, 1)).view(np.uint8).transpose(2, 1, 0))
     results = []
     for k in range(num):
         if classes[k] not in contiguous_to_dataset_id:

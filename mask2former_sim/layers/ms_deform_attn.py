@@ -7,8 +7,9 @@ weighted by ``attention_weights[q, m, l, p]``:
     out[q, m] = sum_{l, p} A[q, m, l, p] * bilinear(V_l[m], loc[q, m, l, p])
 
 The pure-PyTorch path (``grid_sample``, bilinear, zero padding, ``align_corners=False`` at ``2 * loc - 1``) is
-numerically the reference for the compiled op and runs anywhere (CPU, Mac, CI). The compiled op lives in
-:mod:`.ms_deform_attn_cuda` and is imported lazily, so importing this module never needs it.
+numerically the reference for the compiled kernels and runs anywhere (CPU, Mac, CI). The CUDA op lives in
+:mod:`.ms_deform_attn_cuda` (built from ``ops/``), the CPU kernels in :mod:`.ms_deform_attn_cpu` (compiled on first
+use); both are loaded lazily, so importing this module never needs either.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from . import ms_deform_attn_cuda
+from . import ms_deform_attn_cpu, ms_deform_attn_cuda
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_pytorch", "cuda_op_available", "MSDA_IMPLS"]
 
-MSDA_IMPLS = ("auto", "cuda", "pytorch")
+MSDA_IMPLS = ("auto", "cuda", "cpu", "pytorch")
 
 
 def ms_deform_attn_pytorch(
@@ -80,6 +81,13 @@ def _cuda_unavailable_message(reason: str) -> str:
     )
 
 
+def _cpu_unavailable_message(reason: str) -> str:
+    return (
+        f"ms_deform_attn(impl='cpu') was requested but {reason}. Set MODEL.SEM_SEG_HEAD.MSDA_IMPL to 'auto' or "
+        "'pytorch' to use the pure-PyTorch implementation."
+    )
+
+
 def ms_deform_attn(
     value: torch.Tensor,
     value_spatial_shapes: torch.Tensor,
@@ -89,28 +97,45 @@ def ms_deform_attn(
     impl: str = "auto",
     im2col_step: int = 128,
 ) -> torch.Tensor:
-    """Multi-scale deformable attention, dispatched to the CUDA op or to :func:`ms_deform_attn_pytorch`.
+    """Multi-scale deformable attention, dispatched to the CUDA op, the CPU kernels or :func:`ms_deform_attn_pytorch`.
 
     Shapes as in :func:`ms_deform_attn_pytorch`; returns (N, Lq, M * D).
 
     Args:
-        impl: "auto" (the CUDA op when it is built and ``value`` is on CUDA, else PyTorch), "cuda" (the op or a
-            ``RuntimeError`` that says how to build it), "pytorch" (always PyTorch).
+        impl: "auto" (on CUDA the op when it is built, on the CPU the compiled kernels when they compile, else
+            PyTorch), "cuda" (the op or a ``RuntimeError`` that says how to build it), "cpu" (the CPU kernels or a
+            ``RuntimeError`` that says why they did not compile), "pytorch" (always PyTorch; also what tracing and
+            ONNX export use).
         im2col_step: batch chunk of the CUDA op (ignored by the PyTorch path).
     """
     if impl not in MSDA_IMPLS:
         raise ValueError(
             f"ms_deform_attn: impl must be one of {MSDA_IMPLS}, got {impl!r} (config key MODEL.SEM_SEG_HEAD.MSDA_IMPL)"
         )
-    use_cuda = False
-    if impl == "cuda":
+    use_cuda = use_cpu = False
+    if impl == "cpu":
+        if value.is_cuda:
+            raise RuntimeError(_cpu_unavailable_message("the value tensor is on CUDA"))
+        if not ms_deform_attn_cpu.is_available():
+            raise RuntimeError(
+                _cpu_unavailable_message(f"the kernels are unavailable ({ms_deform_attn_cpu.unavailable_reason()})")
+            )
+        use_cpu = True
+    elif impl == "cuda":
         if not value.is_cuda:
             raise RuntimeError(_cuda_unavailable_message(f"the value tensor is on {value.device}, not on CUDA"))
         if not cuda_op_available():
             raise RuntimeError(_cuda_unavailable_message("the compiled op is not available"))
         use_cuda = True
-    elif impl == "auto":
-        use_cuda = value.is_cuda and cuda_op_available()
+    elif impl == "auto" and not torch.jit.is_tracing():
+        if value.is_cuda:
+            use_cuda = cuda_op_available()
+        else:
+            use_cpu = value.device.type == "cpu" and ms_deform_attn_cpu.is_available()
+    if use_cpu:
+        return ms_deform_attn_cpu.MSDeformAttnCPUFunction.apply(
+            value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights
+        )
     if use_cuda:
         return ms_deform_attn_cuda.MSDeformAttnFunction.apply(
             value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights, im2col_step

@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .postprocessing import bilinear_weights, resize_reach
 
 logger = logging.getLogger(__name__)
 
@@ -249,23 +250,6 @@ def sliding_window_inference(
     return _assemble(kept, (img_h, img_w), (height, width))
 
 
-def bilinear_weights(in_size: int, out_size: int) -> torch.Tensor:
-    """(out_size, in_size) weights of 1-D bilinear resizing with ``align_corners=False`` (PyTorch's), so that
-    ``W_y @ X @ W_x.T`` is ``F.interpolate(X, (out_h, out_w), mode="bilinear", align_corners=False)``."""
-    eye = torch.eye(in_size, dtype=torch.float32)[None]  # row k: a unit impulse at input position k
-    return F.interpolate(eye, size=out_size, mode="linear", align_corners=False)[0].T.contiguous()
-
-
-def _reach(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """For (out, in) resize weights: per input index, the first output index with a nonzero weight on it and one
-    past the last; an input index no output reaches gets (out, 0), which no range reduction picks."""
-    nonzero = weights > 0
-    reached = nonzero.any(0)
-    first = np.where(reached, nonzero.argmax(0), weights.shape[0])
-    last = np.where(reached, weights.shape[0] - nonzero[::-1].argmax(0), 0)
-    return first, last
-
-
 def _tight_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
     """x1, y1, x2, y2 (exclusive ends) of a bool mask's foreground; (0, 0, 0, 0) when it is empty.
 
@@ -292,8 +276,8 @@ def _assemble(kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tupl
     if resize and kept:
         weights_y = bilinear_weights(image_hw[0], out_hw[0]).numpy()
         weights_x = bilinear_weights(image_hw[1], out_hw[1]).numpy()
-        first_y, last_y = _reach(weights_y)
-        first_x, last_x = _reach(weights_x)
+        first_y, last_y = resize_reach(weights_y)
+        first_x, last_x = resize_reach(weights_x)
     for k, c in enumerate(kept):
         x1, y1, x2, y2 = c.box
         mask = c.mask
