@@ -112,7 +112,9 @@ def images_color_similarity(
     lab = rgb_to_lab(pooled / 255.0)
     valid_small = valid[:, None, stride // 2 :: stride, stride // 2 :: stride].float()
     neighbours = unfold_wo_center(lab, kernel_size, dilation)
-    distance = torch.linalg.vector_norm(lab[:, :, None] - neighbours, dim=1)
+    difference = lab[:, :, None] - neighbours
+    # the 2-norm over the 3 Lab channels written out: linalg.vector_norm over this strided dim is ~80x slower on CPU
+    distance = difference.square().sum(1).sqrt()
     similarity = torch.exp(-distance / theta)
     neighbour_valid = unfold_wo_center(valid_small, kernel_size, dilation)[:, 0]
     return similarity * neighbour_valid * valid_small
