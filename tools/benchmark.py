@@ -37,8 +37,9 @@ Sections (each prints a markdown table; all are written to ``<output-dir>/benchm
   4000×3000; a table and ``scaling.png``.
 - **network forward** (``--forward SIZE``): the median time of the backbone → pixel decoder → transformer decoder
   forward on one random SIZE×SIZE image (random weights, eval mode, no gradient).
-- **deformable attention** (``--msda``): the CUDA op against the PyTorch path on Mask2Former's R50 encoder shapes
-  at 1024×1024 (forward, forward + backward, peak memory; CPU: the PyTorch path on tiny shapes only).
+- **deformable attention** (``--msda``): the compiled kernels against the PyTorch path (forward, forward +
+  backward, peak memory): on CUDA the op at Mask2Former's R50 encoder shapes at 1024×1024, on the CPU the CPU
+  kernels at the cats recipe's encoder shapes (batch 8, 256-px input).
 
 ``--smoke`` runs every section on one step / image at small sizes (the CI check that the tool works); ``--modes``
 with no mode skips the training section.

@@ -123,13 +123,13 @@ def resize_reach(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=32)
-def _resize_weights(low: int, padded: int, image: int, output: int) -> np.ndarray:
+def _resize_weights(low: int, padded: int, image: int, output: int) -> torch.Tensor:
     """(output, low) 1-D weights of :func:`resize_mask_logits` along one axis: ``low`` → ``padded``, the first
     ``image`` entries kept, → ``output`` (a resize to the same size is the identity). Cached: read only."""
     weights = bilinear_weights(low, padded)[:image]
     if image != output:
         weights = bilinear_weights(image, output) @ weights
-    return weights.numpy()
+    return weights
 
 
 def _windowed_instances(
@@ -151,9 +151,10 @@ def _windowed_instances(
         low_h, low_w = mask_logits.shape[-2:]
         weights_y = _resize_weights(low_h, padded_size[0], image_size[0], height)
         weights_x = _resize_weights(low_w, padded_size[1], image_size[1], width)
-        first_y, last_y = resize_reach(weights_y)
-        first_x, last_x = resize_reach(weights_x)
-        logits_np = mask_logits.detach().float().cpu().numpy()
+        first_y, last_y = resize_reach(weights_y.numpy())
+        first_x, last_x = resize_reach(weights_x.numpy())
+        logits = mask_logits.detach().float().cpu()
+        logits_np = logits.numpy()
         masks_np, boxes_np, scores_np = masks.numpy(), boxes.numpy(), mask_scores.numpy()
         positive = logits_np > 0
         rows_any, cols_any = positive.any(2), positive.any(1)
@@ -161,7 +162,9 @@ def _windowed_instances(
             rows, cols = np.flatnonzero(rows_any[k]), np.flatnonzero(cols_any[k])
             y1, y2 = int(first_y[rows].min()), int(last_y[rows].max())
             x1, x2 = int(first_x[cols].min()), int(last_x[cols].max())
-            window = weights_y[y1:y2] @ logits_np[k] @ weights_x[x1:x2].T
+            # torch's product, not numpy's: numpy's BLAS threads would spin beside torch's (the next image's
+            # network ran 2x slower)
+            window = (weights_y[y1:y2] @ logits[k] @ weights_x[x1:x2].T).numpy()
             foreground = window > 0
             count = int(foreground.sum())
             if count == 0:

@@ -274,10 +274,10 @@ def _assemble(kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tupl
     masks_np, boxes_np = masks.numpy(), boxes.numpy()
     resize = tuple(image_hw) != tuple(out_hw)
     if resize and kept:
-        weights_y = bilinear_weights(image_hw[0], out_hw[0]).numpy()
-        weights_x = bilinear_weights(image_hw[1], out_hw[1]).numpy()
-        first_y, last_y = resize_reach(weights_y)
-        first_x, last_x = resize_reach(weights_x)
+        weights_y = bilinear_weights(image_hw[0], out_hw[0])
+        weights_x = bilinear_weights(image_hw[1], out_hw[1])
+        first_y, last_y = resize_reach(weights_y.numpy())
+        first_x, last_x = resize_reach(weights_x.numpy())
     for k, c in enumerate(kept):
         x1, y1, x2, y2 = c.box
         mask = c.mask
@@ -286,7 +286,11 @@ def _assemble(kept: List[_TileInstance], image_hw: Tuple[int, int], out_hw: Tupl
             ox1, ox2 = int(first_x[x1:x2].min()), int(last_x[x1:x2].max())
             if oy2 <= oy1 or ox2 <= ox1:
                 continue
-            mask = (weights_y[oy1:oy2, y1:y2] @ mask.astype(np.float32) @ weights_x[ox1:ox2, x1:x2].T) > 0.5
+            # torch's product: numpy's BLAS threads would spin beside torch's (see postprocessing)
+            resized = (
+                weights_y[oy1:oy2, y1:y2] @ torch.from_numpy(mask.astype(np.float32)) @ weights_x[ox1:ox2, x1:x2].T
+            )
+            mask = resized.numpy() > 0.5
             x1, y1 = ox1, oy1
         masks_np[k, y1 : y1 + mask.shape[0], x1 : x1 + mask.shape[1]] = mask
         bx1, by1, bx2, by2 = _tight_box(mask)
