@@ -74,9 +74,9 @@ def default_setup(cfg: Any, args: Any = None) -> int:
     """Create ``OUTPUT_DIR``, set up logging, save ``config.yaml``, seed every RNG, keep freed memory for reuse
     (:func:`~mask2former_sim.utils.memory.retain_freed_memory`); returns the base seed.
 
-        ``cfg.SEED < 0`` draws a random seed (logged) that is shared by all processes; each process is seeded with
-        ``seed + rank``. The resolved seed is written back into ``cfg.SEED`` (and thus into ``config.yaml`` and
-        checkpoints) so a run can be repeated. ``cfg`` must be mutable when ``SEED < 0``.
+    ``cfg.SEED < 0`` draws a random seed (logged) that is shared by all processes; each process is seeded with
+    ``seed + rank``. The resolved seed is written back into ``cfg.SEED`` (and thus into ``config.yaml`` and
+    checkpoints) so a run can be repeated. ``cfg`` must be mutable when ``SEED < 0``.
     """
     rank = comm.get_rank()
     retain_freed_memory()
