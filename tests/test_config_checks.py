@@ -130,3 +130,36 @@ def test_train_net_eval_only_ignores_max_iter(tmp_path, monkeypatch):
     monkeypatch.setattr(train_net, "default_setup", lambda cfg, args: 0)  # and its seeds as they are
     cfg = train_net.setup(_args(tmp_path / "out", True, "SOLVER.MAX_ITER", "-5"))
     assert cfg.SOLVER.MAX_ITER == -5 and cfg.is_frozen()
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        (["INPUT.MIN_SIZE_TEST", "256"], ["INPUT.MIN_SIZE_TEST = 256 (default 800)"]),
+        (["INPUT.MAX_SIZE_TEST", "500"], ["INPUT.MAX_SIZE_TEST = 500 (default 1333)"]),
+        (["INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"], ["MIN_SIZE_TEST = 256", "MAX_SIZE_TEST = 256"]),
+    ],
+)
+def test_test_scale_with_a_test_size_is_an_error_naming_both_keys(override, named):
+    """INPUT.TEST_SCALE > 0 replaces the test size: setting both fails (model, checks and the test mapper) instead
+    of ignoring the size without a word."""
+    from mask2former_sim.data.mapper import build_test_resize
+    from mask2former_sim.modeling import build_model
+
+    cfg = get_cfg(overrides=["INPUT.TEST_SCALE", "1.5", *override])
+    for check in (check_supported_choices, build_test_resize, build_model):
+        with pytest.raises(ValueError, match="INPUT.TEST_SCALE = 1.5") as err:
+            check(cfg)
+        assert all(text in str(err.value) for text in named), str(err.value)
+
+
+def test_test_scale_alone_or_a_test_size_alone_is_fine():
+    from mask2former_sim.data.mapper import build_test_resize
+    from mask2former_sim.data.transforms import RandomScale, ResizeShortestEdge
+
+    scale_only = get_cfg(overrides=["INPUT.TEST_SCALE", "1.5"])
+    check_supported_choices(scale_only)
+    assert isinstance(build_test_resize(scale_only), RandomScale)
+    size_only = get_cfg(overrides=["INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"])
+    check_supported_choices(size_only)
+    assert isinstance(build_test_resize(size_only), ResizeShortestEdge)

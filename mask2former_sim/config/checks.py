@@ -3,7 +3,8 @@
 - :func:`check_supported_choices`: detectron2 / Mask2Former keys kept so that their YAML files load, for a choice
   this project implements one way only (one pixel decoder, instance segmentation only, timm's ResNet layout, ...).
   Any other value is an error that names the key, the value found and the value supported, instead of being
-  silently ignored. ``MaskFormer.from_config`` and ``train_net.py`` (as soon as the config is read) call it.
+  silently ignored; so is a pair of keys of which the code would read only one (:func:`check_test_resize`).
+  ``MaskFormer.from_config`` and ``train_net.py`` (as soon as the config is read) call it.
 - :func:`check_training_config`: values only a training run needs (``SOLVER.MAX_ITER > 0``); ``train_net.py``
   calls it unless ``--eval-only``.
 """
@@ -12,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Union
 
-__all__ = ["SUPPORTED_CHOICES", "SameAs", "Supported", "check_supported_choices", "check_training_config"]
+__all__ = [
+    "SUPPORTED_CHOICES",
+    "SameAs",
+    "Supported",
+    "check_supported_choices",
+    "check_test_resize",
+    "check_training_config",
+]
 
 
 class Supported(NamedTuple):
@@ -114,6 +122,32 @@ def check_supported_choices(cfg: Any) -> None:
             )
     if errors:
         raise ValueError("\n".join(errors))
+    check_test_resize(cfg)
+
+
+def check_test_resize(cfg: Any) -> None:
+    """``INPUT.TEST_SCALE`` > 0 resizes test images by that factor and ``INPUT.MIN_SIZE_TEST`` /
+    ``MAX_SIZE_TEST`` are then not read: setting one of them away from its default as well is an error.
+
+    Raises:
+        ValueError: names ``INPUT.TEST_SCALE`` and each test-size key that was set, with their values.
+    """
+    from .defaults import _C as defaults
+
+    scale = cfg.INPUT.TEST_SCALE
+    if not scale > 0:
+        return
+    conflicting = [
+        f"INPUT.{key} = {cfg.INPUT[key]!r} (default {defaults.INPUT[key]!r})"
+        for key in ("MIN_SIZE_TEST", "MAX_SIZE_TEST")
+        if cfg.INPUT[key] != defaults.INPUT[key]
+    ]
+    if conflicting:
+        raise ValueError(
+            f"INPUT.TEST_SCALE = {scale!r} resizes test images by that factor and replaces the test size, but "
+            f"{' and '.join(conflicting)} is set too: set INPUT.TEST_SCALE 0 to resize to the test size, or leave "
+            "INPUT.MIN_SIZE_TEST / INPUT.MAX_SIZE_TEST at their defaults to resize by the factor"
+        )
 
 
 def check_training_config(cfg: Any) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..config.checks import check_test_resize
 from ..modeling.supervision import uses_gt_masks
 from .coco import check_image_size, decode_rles, read_image, segmentation_to_rle
 from .transforms import (
@@ -70,7 +71,9 @@ def build_train_augmentations(cfg: Any) -> List[Augmentation]:
 
 def build_test_resize(cfg: Any) -> Augmentation:
     """Test-time resize: a fixed factor ``INPUT.TEST_SCALE`` of the image when > 0, else the shortest edge to
-    ``INPUT.MIN_SIZE_TEST`` (longest ≤ ``MAX_SIZE_TEST``; 0 keeps the image)."""
+    ``INPUT.MIN_SIZE_TEST`` (longest ≤ ``MAX_SIZE_TEST``; 0 keeps the image). Both set is an error
+    (:func:`~mask2former_sim.config.checks.check_test_resize`)."""
+    check_test_resize(cfg)
     if cfg.INPUT.TEST_SCALE > 0:
         return RandomScale(cfg.INPUT.TEST_SCALE, cfg.INPUT.TEST_SCALE)
     return ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
