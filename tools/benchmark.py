@@ -189,6 +189,12 @@ def stage_patches(trainer: Trainer) -> List[Tuple[Any, str, str]]:
     return stages
 
 
+def schedule_rule_off() -> List[str]:
+    """The override that turns the schedule rule off (SIM's start is forced to 0 here), in a tree that has it (a
+    ``--baseline-ref`` commit may not)."""
+    return ["SOLVER.SCHEDULE.ENABLED", "False"] if "SCHEDULE" in get_cfg().SOLVER else []
+
+
 def mode_cfg(config_file: str, mode: str, device: str, opts: Sequence[str]):
     return get_cfg(
         config_file,
@@ -197,6 +203,7 @@ def mode_cfg(config_file: str, mode: str, device: str, opts: Sequence[str]):
             mode,
             "MODEL.DEVICE",
             device,
+            *schedule_rule_off(),
             "MODEL.SIM.START_ITER",
             "0",
             "OUTPUT_DIR",
@@ -416,6 +423,7 @@ def time_data_loading(config_file: str, mode: str, device: str, opts: Sequence[s
             mode,
             "MODEL.DEVICE",
             device,
+            *schedule_rule_off(),
             "MODEL.SIM.START_ITER",
             "0",
             "DATASETS.TEST",

@@ -13,6 +13,7 @@ from typing import Iterable, List, Optional
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 from .defaults import _C
+from .schedule import apply_schedule
 
 __all__ = ["CfgNode", "get_cfg", "UnknownConfigKeyError"]
 
@@ -87,11 +88,13 @@ class CfgNode(_FvCfgNode):
 def get_cfg(config_file: Optional[str] = None, overrides: Optional[list] = None) -> CfgNode:
     """A fresh config with every default of :mod:`mask2former_sim.config.defaults`.
 
-    Optionally merges ``config_file`` and then the ``KEY VALUE`` list ``overrides``.
+    Optionally merges ``config_file`` and then the ``KEY VALUE`` list ``overrides``; then, when
+    ``SOLVER.SCHEDULE.ENABLED``, sets the run's schedule from ``SOLVER.MAX_ITER`` (:mod:`.schedule`).
     """
     cfg = CfgNode(_C.clone())
     if config_file:
         cfg.merge_from_file(config_file)
     if overrides:
         cfg.merge_from_list(list(overrides))
+    apply_schedule(cfg, _C)
     return cfg

@@ -225,6 +225,16 @@ _C.SOLVER.WARMUP_FACTOR = 1.0  # lr factor at iteration 0 (Mask2Former: 1.0, i.e
 _C.SOLVER.WARMUP_ITERS = 10  # warm-up length
 _C.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
 _C.SOLVER.CHECKPOINT_PERIOD = 5000  # save a checkpoint every this many iterations
+# One rule for every run length (config/schedule.py): with ENABLED, SOLVER.STEPS, WARMUP_ITERS and CHECKPOINT_PERIOD,
+# the pairwise start and warm-up, SIM's start (after the warm-up) and its EMA momentum follow SOLVER.MAX_ITER
+_C.SOLVER.SCHEDULE = _FvCfgNode()
+_C.SOLVER.SCHEDULE.ENABLED = False  # True: the keys above are set by the rule; setting one of them as well is an error
+_C.SOLVER.SCHEDULE.STEPS = (0.85,)  # LR steps, fractions of MAX_ITER (the CPU configs' 850 of 1000)
+_C.SOLVER.SCHEDULE.LR_WARMUP = 0.05  # LR warm-up length, fraction of MAX_ITER (the CPU configs' 50 of 1000)
+_C.SOLVER.SCHEDULE.CHECKPOINT = 0.25  # checkpoint period, fraction of MAX_ITER (4 checkpoints a run, to resume)
+_C.SOLVER.SCHEDULE.PAIRWISE_START = 0.5  # earliest pairwise warm-up start, fraction of MAX_ITER (masks formed first)
+_C.SOLVER.SCHEDULE.PAIRWISE_WARMUP = 0.11  # pairwise warm-up length, fraction of MAX_ITER (BoxInst: 10k of 90k)
+_C.SOLVER.SCHEDULE.EMA_TIME_CONSTANT = 0.1  # SIM teacher EMA time constant 1 / (1 - m), fraction of MAX_ITER
 _C.SOLVER.MAX_CONSECUTIVE_NONFINITE = 20  # stop training after this many non-finite losses in a row
 _C.SOLVER.CLIP_GRADIENTS = _FvCfgNode()
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = True  # gradient clipping
