@@ -12,7 +12,8 @@ Sections (each prints a markdown table; all are written to ``<output-dir>/benchm
   timed stages it calls): backbone, pixel decoder, transformer decoder, Hungarian matching, losses, backward,
   optimizer, box targets; SIM: teacher forward, pseudo masks, prototypes, teacher EMA, copy-paste, bank push,
   paste targets; "other" is the rest. Peak memory: CPU RSS (VmHWM, reset per mode) and CUDA max allocated.
-  SIM's START_ITER is set to 0 so its losses are on in every timed step. Ratios: every mode against the first.
+  SIM's and the pairwise term's START_ITER are set to 0 (the schedule rule off) so that every loss is on in every
+  timed step. Ratios: every mode against the first.
 - **data loading**: the real loader with the config's workers inside the trainer loop; the share of the step
   spent waiting for a batch.
 - **inference**: seconds per test image (``DATASETS.TEST[0]``, ``--inference-images`` images, test-time
@@ -190,8 +191,8 @@ def stage_patches(trainer: Trainer) -> List[Tuple[Any, str, str]]:
 
 
 def schedule_rule_off() -> List[str]:
-    """The override that turns the schedule rule off (SIM's start is forced to 0 here), in a tree that has it (a
-    ``--baseline-ref`` commit may not)."""
+    """The override that turns the schedule rule off (SIM's and the pairwise start are forced to 0 here), in a tree
+    that has it (a ``--baseline-ref`` commit may not)."""
     return ["SOLVER.SCHEDULE.ENABLED", "False"] if "SCHEDULE" in get_cfg().SOLVER else []
 
 
@@ -205,6 +206,8 @@ def mode_cfg(config_file: str, mode: str, device: str, opts: Sequence[str]):
             device,
             *schedule_rule_off(),
             "MODEL.SIM.START_ITER",
+            "0",
+            "MODEL.BOXINST.PAIRWISE.START_ITER",
             "0",
             "OUTPUT_DIR",
             "",
