@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Union
 
+from .defaults import _C as defaults
+from .schedule import check_schedule
+
 __all__ = [
     "SUPPORTED_CHOICES",
     "SameAs",
@@ -127,32 +130,6 @@ def check_supported_choices(cfg: Any) -> None:
     check_schedule(cfg)
 
 
-def check_schedule(cfg: Any) -> None:
-    """With ``SOLVER.SCHEDULE.ENABLED`` the keys the rule sets (:mod:`.schedule`) must hold the rule's values for
-    the config's ``SOLVER.MAX_ITER`` (``get_cfg`` sets them; a config changed afterwards must go through it again).
-
-    Raises:
-        ValueError: names each key whose value is not the rule's, with both values.
-    """
-    from .schedule import schedule_values
-
-    if not cfg.SOLVER.SCHEDULE.ENABLED:
-        return
-    stale = []
-    for key, value in schedule_values(cfg.SOLVER.SCHEDULE, cfg.SOLVER.MAX_ITER).items():
-        found = _get(cfg, key)
-        if not _same(tuple(found) if isinstance(found, list) else found, value) and not (
-            isinstance(value, float) and abs(found - value) <= 1e-12
-        ):
-            stale.append(f"{key} = {found!r} (the rule: {value!r})")
-    if stale:
-        raise ValueError(
-            f"SOLVER.SCHEDULE.ENABLED: these keys are not the rule's values for SOLVER.MAX_ITER = "
-            f"{cfg.SOLVER.MAX_ITER}: {'; '.join(stale)}. Build the config with get_cfg(file, overrides), which sets "
-            "them, or set SOLVER.SCHEDULE.ENABLED False"
-        )
-
-
 def check_test_resize(cfg: Any) -> None:
     """``INPUT.TEST_SCALE`` > 0 resizes test images by that factor and ``INPUT.MIN_SIZE_TEST`` /
     ``MAX_SIZE_TEST`` are then not read: setting one of them away from its default as well is an error.
@@ -160,8 +137,6 @@ def check_test_resize(cfg: Any) -> None:
     Raises:
         ValueError: names ``INPUT.TEST_SCALE`` and each test-size key that was set, with their values.
     """
-    from .defaults import _C as defaults
-
     scale = cfg.INPUT.TEST_SCALE
     if not scale > 0:
         return

@@ -19,9 +19,9 @@ rule's values and loads again unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
-__all__ = ["schedule_values", "apply_schedule"]
+__all__ = ["schedule_values", "apply_schedule", "check_schedule"]
 
 
 def _count(fraction: float, max_iter: int) -> int:
@@ -59,6 +59,20 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _mismatches(cfg: Any, values: Dict[str, Any], defaults: Optional[Any] = None) -> List[str]:
+    """``"KEY = found (the rule: value)"`` for every key of ``values`` whose value in ``cfg`` is not the rule's (nor,
+    with ``defaults``, its default)."""
+    found_keys = []
+    for key, value in values.items():
+        node, leaf = _node_and_leaf(cfg, key)
+        found = node[leaf]
+        default_node, _ = _node_and_leaf(defaults, key) if defaults is not None else (None, None)
+        if _same(found, value) or (default_node is not None and _same(found, default_node[leaf])):
+            continue
+        found_keys.append(f"{key} = {found!r} (the rule: {value!r})")
+    return found_keys
+
+
 def apply_schedule(cfg: Any, defaults: Any) -> None:
     """Set the rule's keys in ``cfg`` when ``SOLVER.SCHEDULE.ENABLED`` (in place; nothing otherwise).
 
@@ -73,13 +87,7 @@ def apply_schedule(cfg: Any, defaults: Any) -> None:
     if not max_iter > 0:
         raise ValueError(f"SOLVER.SCHEDULE.ENABLED needs SOLVER.MAX_ITER > 0, found {max_iter!r}")
     values = schedule_values(schedule, max_iter)
-    conflicts = []
-    for key, value in values.items():
-        node, leaf = _node_and_leaf(cfg, key)
-        default_node, _ = _node_and_leaf(defaults, key)
-        found = node[leaf]
-        if not _same(found, default_node[leaf]) and not _same(found, value):
-            conflicts.append(f"{key} = {found!r} (the rule: {value!r})")
+    conflicts = _mismatches(cfg, values, defaults)
     if conflicts:
         raise ValueError(
             f"SOLVER.SCHEDULE.ENABLED sets these keys from SOLVER.MAX_ITER = {max_iter}, but the config sets them "
@@ -92,3 +100,21 @@ def apply_schedule(cfg: Any, defaults: Any) -> None:
         node[leaf] = value
     if was_frozen:
         cfg.freeze()
+
+
+def check_schedule(cfg: Any) -> None:
+    """With ``SOLVER.SCHEDULE.ENABLED`` the keys the rule sets must hold the rule's values for the config's
+    ``SOLVER.MAX_ITER`` (``get_cfg`` sets them; a config changed afterwards must go through it again).
+
+    Raises:
+        ValueError: names each key whose value is not the rule's, with both values.
+    """
+    if not cfg.SOLVER.SCHEDULE.ENABLED:
+        return
+    stale = _mismatches(cfg, schedule_values(cfg.SOLVER.SCHEDULE, cfg.SOLVER.MAX_ITER))
+    if stale:
+        raise ValueError(
+            f"SOLVER.SCHEDULE.ENABLED: these keys are not the rule's values for SOLVER.MAX_ITER = "
+            f"{cfg.SOLVER.MAX_ITER}: {'; '.join(stale)}. Build the config with get_cfg(file, overrides), which sets "
+            "them, or set SOLVER.SCHEDULE.ENABLED False"
+        )
