@@ -49,6 +49,8 @@ def load_op() -> bool:
     Set ``M2F_SIM_MSDA_CPU=0`` to never compile them (``auto`` then uses the PyTorch path).
     """
     global _loaded, _error
+    if _loaded is not None:  # every forward asks: answer without the lock once it is known
+        return _loaded
     with _lock:
         if _loaded is None:
             if os.environ.get("M2F_SIM_MSDA_CPU", "1") == "0":
