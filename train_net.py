@@ -85,10 +85,7 @@ def setup(args: Any):
     device and classes resolved, process set up."""
     from mask2former_sim.data import register_from_config
 
-    cfg = get_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    cfg = get_cfg(args.config_file or None, args.opts or [])  # with the schedule rule of SOLVER.MAX_ITER
     check_supported_choices(cfg)
     if not args.eval_only:
         check_training_config(cfg)

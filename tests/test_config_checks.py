@@ -132,6 +132,20 @@ def test_train_net_eval_only_ignores_max_iter(tmp_path, monkeypatch):
     assert cfg.SOLVER.MAX_ITER == -5 and cfg.is_frozen()
 
 
+def test_train_net_applies_the_schedule_rule_to_its_overrides(tmp_path, monkeypatch):
+    """``train_net.py --config-file <cats config> SOLVER.MAX_ITER 4400``: the rule's counts for 4,400 iterations, not
+    the defaults (an error) or the file's 1,000 (the CLI's MAX_ITER is the one the rule follows)."""
+    monkeypatch.setattr(train_net, "setup_logger", lambda *args, **kwargs: None)
+    monkeypatch.setattr(train_net, "default_setup", lambda cfg, args: 0)
+    args = _args(tmp_path / "out", False, "SOLVER.MAX_ITER", "4400")
+    args.config_file = str(CONFIGS / "cpu" / "sim_m2f_cats_lite0.yaml")
+    cfg = train_net.setup(args)
+    assert tuple(cfg.SOLVER.STEPS) == (3740,) and cfg.SOLVER.WARMUP_ITERS == 220
+    assert cfg.SOLVER.CHECKPOINT_PERIOD == 1100
+    assert (cfg.MODEL.BOXINST.PAIRWISE.START_ITER, cfg.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS) == (2200, 484)
+    assert cfg.MODEL.SIM.START_ITER == 2684 and cfg.MODEL.SIM.EMA_MOMENTUM == pytest.approx(1 - 1 / 440)
+
+
 @pytest.mark.parametrize(
     "override, named",
     [

@@ -138,9 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     from mask2former_sim.engine import load_model_weights
     from mask2former_sim.modeling import build_model
 
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.MASK_FORMER.SUPERVISION", "sim"] + list(args.opts))
+    cfg = get_cfg(args.config_file, ["MODEL.MASK_FORMER.SUPERVISION", "sim"] + list(args.opts))
     register_from_config(cfg)
     model = build_model(cfg)
     if args.weights:
