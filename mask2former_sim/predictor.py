@@ -30,7 +30,7 @@ class Predictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS)
+            load_model_weights(self.model, self.cfg.MODEL.WEIGHTS, strict=True)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised model")
         if self.cfg.INPUT.FORMAT != "RGB":

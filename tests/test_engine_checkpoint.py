@@ -143,23 +143,26 @@ def test_weights_only_refusal_and_trusted_fallback(tmp_path, caplog):
 def test_load_model_weights_prefixes_shapes_and_keys(tmp_path, caplog):
     model, *_ = _setup()
     state = {"module." + k: v.clone() + 1 for k, v in model.state_dict().items()}
-    state["module.2.weight"] = torch.zeros(5, 8)  # wrong shape
     state["module.extra.weight"] = torch.zeros(1)  # unexpected
     numpy_state = {"model": {k: (v.numpy() if k.endswith("0.bias") else v) for k, v in state.items()}}
     path = tmp_path / "ours.pth"
     torch.save({"model": state, "iteration": 5}, path)
     target, *_ = _setup(seed=1)
-    before = target.state_dict()["2.weight"].clone()
     with caplog.at_level("WARNING"):
-        missing, unexpected, mismatched = load_model_weights(nn.DataParallel(target), str(path))
-    assert mismatched == ["2.weight"] and unexpected == ["extra.weight"] and missing == []
-    assert "2.weight" in caplog.text and "(5, 8)" in caplog.text
-    assert torch.equal(target.state_dict()["2.weight"], before)
+        missing, unexpected, skipped = load_model_weights(nn.DataParallel(target), str(path))
+    assert skipped == [] and unexpected == ["extra.weight"] and missing == []
+    assert "extra.weight" in caplog.text
     assert torch.equal(target.state_dict()["0.weight"], state["module.0.weight"])
     path_np = tmp_path / "np.pth"
     torch.save(numpy_state, path_np)
     load_model_weights(target, str(path_np), allow_pickle=True)
     assert torch.equal(target.state_dict()["0.bias"], state["module.0.bias"])
+    state["module.2.weight"] = torch.zeros(5, 8)  # another shape: an error naming the key, nothing loaded
+    torch.save({"model": state}, path)
+    before = target.state_dict()["0.weight"].clone()
+    with pytest.raises(CheckpointError, match=r"ours.pth: '2.weight' has shape \(5, 8\) in the file and \(2, 8\)"):
+        load_model_weights(target, str(path))
+    assert torch.equal(target.state_dict()["0.weight"], before)
 
 
 _WRITER = textwrap.dedent(

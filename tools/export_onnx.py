@@ -191,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     model = build_model(cfg).eval()
     weights = args.weights or cfg.MODEL.WEIGHTS
     if weights:
-        load_model_weights(model, weights)
+        load_model_weights(model, weights, strict=True)
     else:
         logger.warning("no weights given: exporting a randomly initialised model")
     size = (args.size[0], args.size[1])

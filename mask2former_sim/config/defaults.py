@@ -19,7 +19,7 @@ _C.VERSION = 2  # detectron2 config format version; supported: 2
 _C.MODEL = _FvCfgNode()
 _C.MODEL.META_ARCHITECTURE = "MaskFormer"  # detectron2 meta architecture; supported: "MaskFormer"
 _C.MODEL.DEVICE = "cpu"  # "cpu" or "cuda"; train_net.py switches to cuda when --num-gpus > 0 and CUDA exists
-_C.MODEL.WEIGHTS = ""  # checkpoint of the whole model to load (ours, or a backbone-only file, see BACKBONE.WEIGHTS)
+_C.MODEL.WEIGHTS = ""  # whole model: ours or an official Mask2Former .pkl/.pth; a backbone alone: BACKBONE.WEIGHTS
 _C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # ImageNet RGB mean in 0-255 units (Mask2Former)
 _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # ImageNet RGB std in 0-255 units (Mask2Former)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..interop.official import NETWORK_PREFIXES, REBUILT_BUFFERS, from_official, is_official
 from ..utils import comm
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "load_checkpoint_file",
     "load_model_weights",
+    "read_model_state",
     "unwrap_model",
     "get_rng_state",
     "set_rng_state",
@@ -207,33 +209,117 @@ def _extract_state_dict(obj: Any, path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-def load_model_weights(
-    model: nn.Module, path: str, allow_pickle: bool = False
-) -> Tuple[List[str], List[str], List[str]]:
-    """Load weights into ``model`` (DDP unwrapped) non-strictly; returns (missing, unexpected, shape-mismatched).
+def read_model_state(path: str, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """The model tensors of a weights file: our checkpoint, a raw state dict, ``{"state_dict": ...}``, or a
+    detectron2 ``.pkl`` (``{"model": {name: ndarray}, "__author__": ...}``, read with numpy arrays and plain types
+    only); ``module.`` prefixes stripped and older key names upgraded."""
+    if path.endswith(".pkl"):
+        return _extract_state_dict(_read_detectron2_pickle(path), path)
+    return _extract_state_dict(load_checkpoint_file(path, allow_pickle=allow_pickle), path)
 
-    ``path`` may be our checkpoint (``{"model": state_dict, ...}``), a raw state dict or ``{"state_dict": ...}``;
-    ``module.`` prefixes are stripped; tensors whose shape differs from the model's are skipped with a warning.
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers, nothing else (a model-zoo ``.pkl`` holds no code)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+        return super().find_class(module, name)
+
+
+def _read_detectron2_pickle(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return _NumpyUnpickler(f, encoding="latin1").load()
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a readable detectron2 .pkl checkpoint (a pickle of numpy arrays): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+# tensors whose first dimension is the number of classes: a checkpoint of another class count (COCO weights
+# fine-tuned on one class) leaves them at their initialisation, as detectron2 does for its predictors
+_CLASS_SIZED = ("transformer_decoder.class_embed.weight", "transformer_decoder.class_embed.bias", "prototypes")
+
+
+def load_model_weights(
+    model: nn.Module, path: str, allow_pickle: bool = False, strict: bool = False
+) -> Tuple[List[str], List[str], List[str]]:
+    """Load weights into ``model`` (DDP unwrapped); returns (missing, unexpected, skipped class-sized keys).
+
+    ``path``: any file :func:`read_model_state` reads, in our names or in the official Mask2Former names
+    (``sem_seg_head.*``, detectron2 ResNet or Swin backbone; :mod:`mask2former_sim.interop.official`). What did not
+    load is logged both ways (the model's keys the file lacks, the file's keys the model lacks), as detectron2's
+    checkpointer does. The network's keys count as missing; training state that a file of weights need not hold
+    (SIM's teacher, built from the loaded student, its prototypes, schedule buffers) is only logged.
+
+    Raises:
+        CheckpointError: a tensor's shape differs from the model's (the key named), except a class head (and SIM's
+            prototypes) of another class count, which is skipped with a message; with ``strict``, a network key
+            the file does not provide (the first keys named, and their count): evaluation, the demo and export
+            need every weight, training may start from part of them.
     """
     model = unwrap_model(model)
-    state = _extract_state_dict(load_checkpoint_file(path, allow_pickle=allow_pickle), path)
+    state = read_model_state(path, allow_pickle=allow_pickle)
+    source = "ours"
+    if is_official(state):
+        try:
+            state = from_official(state, model)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+        source = "official Mask2Former names"
     own = model.state_dict()
-    mismatched = []
+    skipped = []
     for key in list(state):
-        if key in own and tuple(own[key].shape) != tuple(state[key].shape):
-            logger.warning(
-                "%s: skipping '%s': shape %s in the file, %s in the model",
+        if key not in own or tuple(own[key].shape) == tuple(state[key].shape):
+            continue
+        found, expected = tuple(state[key].shape), tuple(own[key].shape)
+        if key.endswith(_CLASS_SIZED) and found[1:] == expected[1:]:
+            logger.info(
+                "%s: '%s' has %d classes in the file, %d in the model (another class count): skipped, it keeps "
+                "its initialisation",
                 path,
                 key,
-                tuple(state[key].shape),
-                tuple(own[key].shape),
+                found[0],
+                expected[0],
             )
-            mismatched.append(key)
+            skipped.append(key)
             del state[key]
+            continue
+        raise CheckpointError(f"{path}: '{key}' has shape {found} in the file and {expected} in the model")
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in mismatched]
+    is_network = _network_key_test(model)
+    missing = [k for k in result.missing_keys if k not in skipped and is_network(k)]
+    training_state = [k for k in result.missing_keys if k not in skipped and not is_network(k)]
+    if missing and strict:
+        raise CheckpointError(
+            f"{path} leaves {len(missing)} weights of the network unloaded: {_short_list(missing, 5)}. "
+            "MODEL.WEIGHTS must be a checkpoint of this config's network (evaluation, the demo and export need "
+            "every weight)"
+        )
     if missing:
         logger.warning("%s: %d model keys not in the file: %s", path, len(missing), _short_list(missing))
+    if training_state:
+        logger.info(
+            "%s: %d keys of training state not in the file, they start fresh (SIM's teacher copies the loaded "
+            "student): %s",
+            path,
+            len(training_state),
+            _short_list(training_state, 5),
+        )
     if result.unexpected_keys:
         logger.warning(
             "%s: %d keys in the file unused by the model: %s",
@@ -241,8 +327,15 @@ def load_model_weights(
             len(result.unexpected_keys),
             _short_list(result.unexpected_keys),
         )
-    logger.info("loaded %d tensors from %s", len(state) - len(result.unexpected_keys), path)
-    return missing, list(result.unexpected_keys), mismatched
+    logger.info("loaded %d tensors from %s (%s)", len(state) - len(result.unexpected_keys), path, source)
+    return missing, list(result.unexpected_keys), skipped
+
+
+def _network_key_test(model: nn.Module):
+    """Which keys belong to the network: our meta-architecture's backbone and heads, or every key of a plain module."""
+    if all(hasattr(model, name.rstrip(".")) for name in NETWORK_PREFIXES):
+        return lambda key: key.startswith(NETWORK_PREFIXES) and not key.endswith(REBUILT_BUFFERS)
+    return lambda key: True
 
 
 def _short_list(keys: Iterable[str], limit: int = 20) -> str:
