@@ -104,7 +104,7 @@ def main(args: Any) -> Dict[str, Any]:
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs the weights to evaluate: add MODEL.WEIGHTS path/to/model.pth")
-        model = Trainer.build_model(cfg)
+        model = Trainer.build_model(cfg, training=False)  # the network alone
         load_model_weights(model, cfg.MODEL.WEIGHTS, strict=True)  # every weight, or an error
         results = Trainer.test(cfg, model)
         if comm.is_main_process() and cfg.OUTPUT_DIR:

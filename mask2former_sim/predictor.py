@@ -27,7 +27,7 @@ class Predictor:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
+        self.model = build_model(self.cfg, training=False)  # the network alone: no teacher, bank or prototypes
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
             load_model_weights(self.model, self.cfg.MODEL.WEIGHTS, strict=True)

@@ -188,7 +188,7 @@ def _consume(cfg: CfgNode, folder: Path) -> Set[str]:
     _READS.clear()
     args = argparse.Namespace(config_file="", opts=[], eval_only=False, num_gpus=0, resume=False)
     with pytest.MonkeyPatch.context() as patch, _isolated_process_state():
-        patch.setattr(train_net, "get_cfg", lambda: recording)
+        patch.setattr(train_net, "get_cfg", lambda *args: recording)
         recording = train_net.setup(args)
         with torch.device("meta"):
             MaskFormer.from_config(recording)

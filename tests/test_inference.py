@@ -1,5 +1,7 @@
 """Instance inference: output sizes, scores, classes, mask-derived boxes (brute force), sliding-window dispatch."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -272,3 +274,40 @@ def test_sliding_window_tiles_skip_queries_below_min_score(monkeypatch):
     assert int(keep.sum()) == 4
     for key in ("scores", "pred_classes", "pred_masks", "pred_boxes"):
         assert torch.equal(seen["tile"][key], seen["all"][key][keep]), key
+
+
+def test_a_sim_checkpoint_gives_a_predictor_without_training_machinery(tmp_path):
+    """The predictor of a SIM config builds the network alone (no teacher, bank, prototypes, criterion), loads the
+    student from a training checkpoint (today's names and the older top-level ``sim.`` ones) and predicts what the
+    trained model's student predicts; a training forward of that model is an error."""
+    from mask2former_sim.config import get_cfg
+    from mask2former_sim.engine.checkpoint import Checkpointer
+    from mask2former_sim.modeling import build_model
+    from mask2former_sim.modeling.sim.teacher import EMATeacher
+    from mask2former_sim.predictor import Predictor
+
+    tiny = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cpu", "tiny-overfit.yaml"
+    )
+    opts = ["MODEL.MASK_FORMER.SUPERVISION", "sim", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+    torch.manual_seed(0)
+    trained = build_model(get_cfg(tiny, opts)).eval()
+    with torch.no_grad():  # a teacher that differs from the student: the predictor must use the student
+        for p in trained.supervision.sim.teacher.parameters():
+            p.add_(0.5)
+    path = Checkpointer(trained, str(tmp_path)).save("model_final", 9)
+    state = torch.load(path, weights_only=False)["model"]
+    torch.save({"model": {k.replace("supervision.sim.", "sim.", 1): v for k, v in state.items()}}, tmp_path / "old.pth")
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    for weights in (path, str(tmp_path / "old.pth")):
+        predictor = Predictor(get_cfg(tiny, [*opts, "MODEL.WEIGHTS", weights]))
+        model = predictor.model
+        assert model.supervision is None and model.criterion is None
+        assert not any(isinstance(m, EMATeacher) for m in model.modules())
+        assert not any(k.startswith(("supervision.", "criterion.")) for k in model.state_dict())
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, trained.state_dict()[name]), name
+        assert len(predictor(image)["scores"]) > 0
+    model.train()
+    with pytest.raises(RuntimeError, match="built for inference"):
+        model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8)}], iteration=0)

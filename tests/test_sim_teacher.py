@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from mask2former_sim.engine import Trainer, seed_all_rng
-from mask2former_sim.engine.hooks import EMATeacherHook
 from mask2former_sim.engine.optimizer import get_param_groups
-from mask2former_sim.modeling.sim.teacher import EMATeacher
+from mask2former_sim.modeling.sim.teacher import EMATeacher, EMATeacherHook
 
 
 def _student():
@@ -111,9 +110,19 @@ def test_resumed_sim_run_continues_with_the_same_teacher_and_prototypes(tmp_path
         torch.testing.assert_close(full_state[name], resumed_state[name], rtol=0, atol=1e-6, msg=name)
 
 
+class _TeacherSupervision:
+    """The supervision interface the trainer asks for hooks: SIM's teacher hook."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def hooks(self, model):
+        return [EMATeacherHook(self.teacher, model)]
+
+
 class TeacherFakeModel(nn.Module):
-    """The engine's fake model with a SIM-style EMA teacher submodule (frozen; the trainer's EMATeacherHook copies
-    the student into it before training and updates it after each optimizer step)."""
+    """The engine's fake model with a SIM-style EMA teacher submodule (frozen; the EMATeacherHook its supervision
+    gives the trainer copies the student into it before training and updates it after each optimizer step)."""
 
     def __init__(self):
         super().__init__()
@@ -128,6 +137,7 @@ class TeacherFakeModel(nn.Module):
             transformer_decoder=self.transformer_decoder,
             momentum=0.5,
         )
+        self.supervision = _TeacherSupervision(self.teacher)
 
     def forward(self, batch, iteration=None):
         assert bool(self.teacher.initialized), "the hook copies the student before training"

@@ -71,9 +71,9 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import build_train_loader, get_dataset_dicts, register_from_config
-from mask2former_sim.engine.hooks import EMATeacherHook
 from mask2former_sim.engine.trainer import Trainer
 from mask2former_sim.modeling.sim import supervisor
+from mask2former_sim.modeling.sim.teacher import EMATeacherHook
 
 MODES = ("mask", "box", "sim")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

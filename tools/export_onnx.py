@@ -188,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     divisor = cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY
     if any(s % divisor for s in args.size):
         parser.error(f"--size {args.size} must be multiples of MODEL.MASK_FORMER.SIZE_DIVISIBILITY = {divisor}")
-    model = build_model(cfg).eval()
+    model = build_model(cfg, training=False).eval()
     weights = args.weights or cfg.MODEL.WEIGHTS
     if weights:
         load_model_weights(model, weights, strict=True)

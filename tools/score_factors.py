@@ -96,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict]:
     cfg = get_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights] + list(args.opts))
     register_from_config(cfg)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    model = build_model(cfg)
+    model = build_model(cfg, training=False)
     load_model_weights(model, args.weights)
     model.eval()
     meta = get_metadata(dataset)

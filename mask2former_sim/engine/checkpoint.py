@@ -250,6 +250,8 @@ def _read_detectron2_pickle(path: str) -> Any:
         ) from exc
 
 
+TRAINING_STATE_PREFIXES = ("supervision.", "criterion.")  # model keys outside the network: the mode's state
+
 # tensors whose first dimension is the number of classes: a checkpoint of another class count (COCO weights
 # fine-tuned on one class) leaves them at their initialisation, as detectron2 does for its predictors
 _CLASS_SIZED = ("transformer_decoder.class_embed.weight", "transformer_decoder.class_embed.bias", "prototypes")
@@ -264,7 +266,8 @@ def load_model_weights(
     (``sem_seg_head.*``, detectron2 ResNet or Swin backbone; :mod:`mask2former_sim.interop.official`). What did not
     load is logged both ways (the model's keys the file lacks, the file's keys the model lacks), as detectron2's
     checkpointer does. The network's keys count as missing; training state that a file of weights need not hold
-    (SIM's teacher, built from the loaded student, its prototypes, schedule buffers) is only logged.
+    (SIM's teacher, built from the loaded student, its prototypes, schedule buffers) is only logged, and a model
+    built for inference (``build_model(cfg, training=False)``) loads the student alone from any checkpoint.
 
     Raises:
         CheckpointError: a tensor's shape differs from the model's (the key named), except a class head (and SIM's
@@ -300,6 +303,17 @@ def load_model_weights(
             del state[key]
             continue
         raise CheckpointError(f"{path}: '{key}' has shape {found} in the file and {expected} in the model")
+    inference_only = hasattr(model, "supervision") and model.supervision is None
+    unused_training_state = [k for k in state if inference_only and k.startswith(TRAINING_STATE_PREFIXES)]
+    for key in unused_training_state:  # a model built for inference loads the student alone
+        del state[key]
+    if unused_training_state:
+        logger.info(
+            "%s: %d keys of training state (SIM's teacher, prototypes, schedule) not needed by a model built for "
+            "inference",
+            path,
+            len(unused_training_state),
+        )
     result = model.load_state_dict(state, strict=False)
     is_network = _network_key_test(model)
     missing = [k for k in result.missing_keys if k not in skipped and is_network(k)]

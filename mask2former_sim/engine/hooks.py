@@ -1,13 +1,12 @@
 """Training hooks (detectron2's ``HookBase``): what runs around the optimizer steps without being part of them.
 
-The trainer calls every hook, in the order of :meth:`~.trainer.Trainer.build_hooks`, at ``before_train``, then
+A supervision mode adds its own hooks (``model.supervision.hooks(model)``, e.g. SIM's EMA teacher step). The
+trainer calls every hook, in the order of :meth:`~.trainer.Trainer.build_hooks`, at ``before_train``, then
 around every iteration ``before_step`` / ``after_step``, and at ``after_train``. A hook reads the trainer's state:
 ``trainer.iter`` (the iteration just run), ``trainer.max_iter``, ``trainer.step_taken`` (False when a non-finite
 loss skipped the optimizer step), ``trainer.last_losses``, ``trainer.last_lr``, ``trainer.last_step_time``,
 ``trainer.last_data_time``, ``trainer.model``, ``trainer.checkpointer``, ``trainer.progress``.
 
-- :class:`EMATeacherHook` — SIM's momentum teacher: a copy of the student once its weights are loaded, one EMA step
-  after every optimizer step taken.
 - :class:`MetricsWriter` — progress lines with ETA, ``metrics.json`` and TensorBoard: the loss terms and the model's
   other scalars of the step (``training_statistics``: the matched masks' box fit, SIM's teacher statistics).
 - :class:`PeriodicCheckpointer` — ``model_{iter}.pth`` every ``SOLVER.CHECKPOINT_PERIOD``, ``model_final.pth`` at
@@ -22,13 +21,10 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from torch import nn
-
-from ..modeling.sim.teacher import EMATeacher
 from ..utils import comm
 from .checkpoint import unwrap_model
 
-__all__ = ["HookBase", "EMATeacherHook", "MetricsWriter", "PeriodicCheckpointer", "EvalHook"]
+__all__ = ["HookBase", "MetricsWriter", "PeriodicCheckpointer", "EvalHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,28 +45,6 @@ class HookBase:
 
     def after_step(self) -> None:
         pass
-
-
-class EMATeacherHook(HookBase):
-    """SIM §3.4: ``θ_t ← m·θ_t + (1 − m)·θ_s`` after every optimizer step taken; before training, the teacher becomes
-    a copy of the student (whose weights are loaded by then) unless a checkpoint restored it.
-
-    Args:
-        teacher: the :class:`~..modeling.sim.teacher.EMATeacher`.
-        student: the module holding the networks the teacher follows (the model).
-    """
-
-    def __init__(self, teacher: EMATeacher, student: nn.Module) -> None:
-        self.teacher = teacher
-        self.student = student
-
-    def before_train(self) -> None:
-        if not bool(self.teacher.initialized):
-            self.teacher.copy_from(self.student)
-
-    def after_step(self) -> None:
-        if self.trainer.step_taken:
-            self.teacher.update(self.student)
 
 
 class MetricsWriter(HookBase):

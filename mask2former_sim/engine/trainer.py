@@ -34,11 +34,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import build_test_loader, build_train_loader, get_metadata
 from ..evaluation import COCOEvaluator, format_results_table, inference_on_dataset, print_csv_format
 from ..modeling import build_model
-from ..modeling.sim.teacher import EMATeacher
 from ..utils import comm
 from .checkpoint import Checkpointer, unwrap_model
 from .events import TrainingProgress
-from .hooks import EMATeacherHook, EvalHook, HookBase, MetricsWriter, PeriodicCheckpointer
+from .hooks import EvalHook, HookBase, MetricsWriter, PeriodicCheckpointer
 from .lr_scheduler import build_lr_scheduler
 from .optimizer import build_optimizer, clip_gradients
 
@@ -71,8 +70,8 @@ class Trainer:
         cfg: full config (``SOLVER``, ``TEST``, ``OUTPUT_DIR``, ``MODEL.DEVICE``, ``LOG_PERIOD`` ...).
         model: a model to train instead of ``build_model(cfg)``. The trainer relies on its train-mode
             ``forward(batch, iteration=i)`` (a list of dicts and the training iteration → a dict of scalar losses,
-            already weighted); an :class:`~..modeling.sim.teacher.EMATeacher` submodule gets an
-            :class:`~.hooks.EMATeacherHook`, and ``training_statistics()``, if the model has it, is logged.
+            already weighted); the hooks of its ``supervision`` (``supervision.hooks(model)``, SIM's EMA teacher)
+            are registered, and ``training_statistics()``, if the model has it, is logged.
         train_loader_fn: ``fn(cfg, start_iter) -> iterable of batches`` instead of :meth:`build_train_loader`.
         extra_state: named objects with ``state_dict``/``load_state_dict`` stored in checkpoints beside the model
             (state outside the model's own ``state_dict``).
@@ -130,8 +129,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- builders
     @classmethod
-    def build_model(cls, cfg: Any) -> nn.Module:
-        return build_model(cfg)
+    def build_model(cls, cfg: Any, training: bool = True) -> nn.Module:
+        return build_model(cfg, training=training)
 
     @classmethod
     def build_train_loader(cls, cfg: Any, start_iter: int = 0) -> Iterable[List[Dict[str, Any]]]:
@@ -152,9 +151,10 @@ class Trainer:
         )
 
     def build_hooks(self) -> List[HookBase]:
-        """The hooks, in calling order: the EMA teachers of the model, metrics, checkpoints, evaluation."""
+        """The hooks, in calling order: the supervision mode's (SIM's EMA teacher), metrics, checkpoints, evaluation."""
         model = unwrap_model(self.model)
-        hooks: List[HookBase] = [EMATeacherHook(m, model) for m in model.modules() if isinstance(m, EMATeacher)]
+        supervision = getattr(model, "supervision", None)
+        hooks: List[HookBase] = list(supervision.hooks(model)) if supervision is not None else []
         hooks += [
             MetricsWriter(),
             PeriodicCheckpointer(self.cfg.SOLVER.CHECKPOINT_PERIOD),

@@ -21,6 +21,10 @@ __all__ = [
 ]
 
 
-def build_model(cfg) -> MaskFormer:
-    """``MaskFormer`` built from ``cfg`` on ``cfg.MODEL.DEVICE`` (weights are NOT loaded: see engine.checkpoint)."""
-    return MaskFormer.from_config(cfg).to(cfg.MODEL.DEVICE)
+def build_model(cfg, training: bool = True) -> MaskFormer:
+    """``MaskFormer`` built from ``cfg`` on ``cfg.MODEL.DEVICE`` (weights are NOT loaded: see engine.checkpoint).
+
+    ``training`` False builds the network alone, for inference: no supervision (SIM's teacher, bank, prototypes)
+    and no criterion; it loads the student's weights from any checkpoint.
+    """
+    return MaskFormer.from_config(cfg, training=training).to(cfg.MODEL.DEVICE)

@@ -60,8 +60,10 @@ class MaskFormer(nn.Module):
         backbone: images (B, 3, H, W) → {"res2", ..., "res5"}.
         pixel_decoder: has ``forward_features(features) -> (mask_features, _, multi_scale_features)``.
         transformer_decoder: ``(multi_scale_features, mask_features) -> outputs`` with ``aux_outputs``.
-        supervision: the mode's :class:`~.supervision.Supervision` (its steps and their state).
-        criterion: a :class:`~.criterion.SetCriterion` (unweighted losses, a ``weight_dict``).
+        supervision: the mode's :class:`~.supervision.Supervision` (its steps and their state); None for a model
+            built for inference only (no teacher, bank or prototypes; a training forward is then an error).
+        criterion: a :class:`~.criterion.SetCriterion` (unweighted losses, a ``weight_dict``); None with
+            ``supervision``.
         num_classes: K; training labels must lie in ``[0, K)``.
         size_divisibility: pad the batch to a multiple of this.
         pixel_mean, pixel_std: RGB normalisation in 0-255 units.
@@ -77,8 +79,8 @@ class MaskFormer(nn.Module):
         backbone: nn.Module,
         pixel_decoder: nn.Module,
         transformer_decoder: nn.Module,
-        supervision: Supervision,
-        criterion: nn.Module,
+        supervision: Optional[Supervision],
+        criterion: Optional[nn.Module],
         num_classes: int,
         size_divisibility: int,
         pixel_mean: Sequence[float],
@@ -102,7 +104,9 @@ class MaskFormer(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
     @classmethod
-    def from_config(cls, cfg) -> "MaskFormer":
+    def from_config(cls, cfg, training: bool = True) -> "MaskFormer":
+        """The model of ``cfg``; with ``training`` False the network alone (inference: predictor, demo,
+        evaluation-only, export), without the supervision's state and criterion."""
         check_supported_choices(cfg)
         backbone = build_backbone(cfg)
         pixel_decoder = MSDeformAttnPixelDecoder.from_config(cfg, backbone.output_shape())
@@ -118,14 +122,14 @@ class MaskFormer(nn.Module):
                 "min_score": sw.MIN_SCORE,
                 "batch_size": sw.BATCH_SIZE,
             }
-        supervision = build_supervision(cfg, backbone, pixel_decoder, transformer_decoder)
+        supervision = build_supervision(cfg, backbone, pixel_decoder, transformer_decoder) if training else None
         mf = cfg.MODEL.MASK_FORMER
         return cls(
             backbone=backbone,
             pixel_decoder=pixel_decoder,
             transformer_decoder=transformer_decoder,
             supervision=supervision,
-            criterion=build_criterion(cfg, supervision),
+            criterion=build_criterion(cfg, supervision) if training else None,
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             size_divisibility=mf.SIZE_DIVISIBILITY,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
@@ -172,6 +176,11 @@ class MaskFormer(nn.Module):
             return self.predict(batched_inputs)
         if iteration is None:
             raise ValueError("a training forward needs the iteration: model(batched_inputs, iteration=i)")
+        if self.supervision is None:
+            raise RuntimeError(
+                "this model was built for inference (build_model(cfg, training=False)): it has no supervision to "
+                "train with; build it with build_model(cfg)"
+            )
         batched_inputs = self.supervision.prepare_inputs(batched_inputs, iteration)
         images, _ = self.preprocess_images(batched_inputs)
         outputs = self.forward_network(images)
@@ -189,7 +198,7 @@ class MaskFormer(nn.Module):
     def training_statistics(self) -> Dict[str, float]:
         """Scalars of the last training forward besides the losses (the matched masks' fit to their boxes, the
         pairwise factor, SIM's teacher statistics), for metrics.json and TensorBoard."""
-        return self.supervision.statistics()
+        return self.supervision.statistics() if self.supervision is not None else {}
 
     @torch.inference_mode()
     def predict(

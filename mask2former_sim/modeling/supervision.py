@@ -98,6 +98,10 @@ class Supervision(nn.Module):
             targets = supervision_step.after_matching(targets, step)
         return targets
 
+    def hooks(self, model: nn.Module) -> List[Any]:
+        """The trainer hooks of every step, in order (the engine asks the mode; it never tests types)."""
+        return [hook for step in self.steps for hook in step.hooks(model)]
+
     def statistics(self) -> Dict[str, float]:
         """The steps' scalars of the last training forward."""
         merged: Dict[str, float] = {}

@@ -68,6 +68,11 @@ class SupervisionStep(nn.Module):
         """Scalars of the last training forward for the logs (e.g. how well matched masks fit their boxes)."""
         return {}
 
+    def hooks(self, model: nn.Module) -> List[Any]:
+        """Trainer hooks this step needs around the optimizer steps of ``model`` (``before_train``,
+        ``before_step``, ``after_step``, ``after_train``; e.g. SIM's EMA teacher update)."""
+        return []
+
 
 def image_targets(
     batched_inputs: Sequence[Dict[str, Any]], padded_size: Tuple[int, int], device: torch.device, num_classes: int

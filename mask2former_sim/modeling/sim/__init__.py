@@ -5,11 +5,12 @@ from .memory_bank import MemoryBank, paste_instances
 from .prototypes import PrototypeBank, semantic_map, sinkhorn_knopp
 from .pseudo_masks import PseudoMaskGenerator
 from .supervisor import SIMSupervisor
-from .teacher import EMATeacher, ema_update_
+from .teacher import EMATeacher, EMATeacherHook, ema_update_
 
 __all__ = [
     "CopyPaste",
     "EMATeacher",
+    "EMATeacherHook",
     "ema_update_",
     "MemoryBank",
     "paste_instances",

@@ -11,8 +11,8 @@ prototypes (:mod:`.prototypes`), the pseudo-mask generator (:mod:`.pseudo_masks`
    (Eq. 2-5) from the student's features at the pseudo-foreground pixels (before SIM starts, the pixels with
    ``M_I > INSTANCE_MAP_THRESH`` inside the box); the pseudo targets from the start on.
 
-The teacher's EMA step after each optimizer step, and its copy of the student before training, are the trainer's
-(:class:`~...engine.hooks.EMATeacherHook`).
+The teacher's EMA step after each optimizer step, and its copy of the student before training, run in the trainer
+through the hook :meth:`SIMSupervisor.hooks` returns (:class:`~.teacher.EMATeacherHook`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..targets import SupervisionStep, Targets, TrainingStep
 from .copy_paste import CopyPaste
 from .prototypes import PrototypeBank
 from .pseudo_masks import PseudoMaskGenerator
-from .teacher import EMATeacher
+from .teacher import EMATeacher, EMATeacherHook
 
 __all__ = ["SIMSupervisor", "teacher_statistics"]
 
@@ -115,6 +115,10 @@ class SIMSupervisor(SupervisionStep):
             stride=cfg.MODEL.BOXINST.MASK_STRIDE,
             pairwise_warmup_end=pairwise_schedule.warmup_end if adaptive else None,
         )
+
+    def hooks(self, model: nn.Module) -> List[Any]:
+        """The teacher's copy of the student before training and its EMA step after each optimizer step."""
+        return [EMATeacherHook(self.teacher, model)]
 
     @property
     def bank(self):

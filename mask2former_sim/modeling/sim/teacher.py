@@ -7,9 +7,9 @@ The teacher is a submodule of the model, so it is saved in and restored from che
 (``engine.optimizer.get_param_groups`` skips them), gradient clipping (which clips the optimizer's parameters) and
 DDP's gradient reducer (which registers only parameters that require grad) never see them. It is always in eval
 mode (``train()`` is a no-op) and runs under ``torch.no_grad``. Its weights are a copy of the student made *after*
-the student's weights are loaded (:meth:`EMATeacher.copy_from`, called by the trainer's
-:class:`~mask2former_sim.engine.hooks.EMATeacherHook` before training); the ``initialized`` buffer records that,
-so that a resumed run keeps the teacher from its checkpoint instead of copying the student again. The official
+the student's weights are loaded (:meth:`EMATeacher.copy_from`, called before training by
+:class:`EMATeacherHook`, a hook the trainer gets from the supervision); the ``initialized`` buffer records that, so
+that a resumed run keeps the teacher from its checkpoint instead of copying the student again. The official
 code built the teacher afresh (random init): not reproduced (docs/DESIGN.md).
 """
 
@@ -122,3 +122,35 @@ class EMATeacher(nn.Module):
 
     def extra_repr(self) -> str:
         return f"momentum={self.momentum}"
+
+
+class EMATeacherHook:
+    """SIM §3.4 around the trainer's optimizer steps: before training the teacher becomes a copy of the student
+    (whose weights are loaded by then) unless a checkpoint restored it; after every optimizer step taken,
+    ``θ_t ← m·θ_t + (1 − m)·θ_s``. A trainer hook (``before_train``, ``before_step``, ``after_step``,
+    ``after_train``; ``trainer`` set when registered), returned by :meth:`SIMSupervisor.hooks`.
+
+    Args:
+        teacher: the :class:`EMATeacher`.
+        student: the module holding the networks the teacher follows (the model).
+    """
+
+    trainer = None
+
+    def __init__(self, teacher: EMATeacher, student: nn.Module) -> None:
+        self.teacher = teacher
+        self.student = student
+
+    def before_train(self) -> None:
+        if not bool(self.teacher.initialized):
+            self.teacher.copy_from(self.student)
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        if self.trainer.step_taken:
+            self.teacher.update(self.student)
+
+    def after_train(self) -> None:
+        pass
