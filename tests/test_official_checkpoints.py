@@ -11,9 +11,9 @@ import torch
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.engine.checkpoint import CheckpointError, load_model_weights
-from mask2former_sim.modeling.sim.teacher import EMATeacherHook
 from mask2former_sim.interop.official import OfficialNames, from_official, to_official
 from mask2former_sim.modeling import build_model
+from mask2former_sim.modeling.sim.teacher import EMATeacherHook
 from mask2former_sim.predictor import Predictor
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "cpu", "tiny-overfit.yaml")

@@ -2,6 +2,7 @@
 reach the targets from START_ITER on, pasted instances get the paste and box losses (not the pseudo loss), the
 bank fills with input-resolution masks, the prototypes follow the student's features."""
 
+import json
 import os
 
 import pytest
@@ -297,6 +298,8 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches():
     images, targets, outputs, indices = _targets_and_matches(model, _inputs())
     with torch.no_grad():
         teacher_out = sim.teacher(images)
+    assert "positives" not in sim.pseudo_masks(teacher_out, targets, indices, sim.prototypes.prototypes)[0]
+    sim.pseudo_masks.record_positives = True  # the visualiser's debugging view
     results = sim.pseudo_masks(teacher_out, targets, indices, sim.prototypes.prototypes)
     heads = [teacher_out] + teacher_out["aux_outputs"]
     res = results[0]
@@ -314,3 +317,36 @@ def test_pseudo_masks_use_the_teachers_masks_at_the_students_matches():
     ignored = sim.pseudo_masks(teacher_out, targets, indices, sim.prototypes.prototypes)[0]
     assert float(ignored["weights"][0][outside].sum()) == 0
     torch.testing.assert_close(ignored["weights"][0][inside], res["weights"][0][inside])  # the box is unchanged
+
+
+def test_statistics_are_measured_on_logging_iterations_only(tmp_path, monkeypatch):
+    """SIM's teacher statistics and the matched masks' box fit wait for the device: the trainer asks for them on the
+    iterations that log (every LOG_PERIOD = 2 and the last: 1, 3, 4 of 0-4) and nowhere else."""
+    from _engine_fakes import make_tiny_dataset, real_model_cfg
+
+    from mask2former_sim.engine import Trainer
+    from mask2former_sim.modeling import pairwise_schedule
+    from mask2former_sim.modeling.sim import supervisor
+
+    cfg = real_model_cfg(
+        str(tmp_path / "out"),
+        make_tiny_dataset(str(tmp_path / "data")),
+        SOLVER__MAX_ITER=5,
+        SOLVER__CHECKPOINT_PERIOD=0,
+    )
+    cfg.MODEL.MASK_FORMER.SUPERVISION = "sim"
+    measured = {"teacher": [], "box_fit": []}
+    trainer = Trainer(cfg)
+    real_teacher, real_box = supervisor.teacher_statistics, pairwise_schedule.mask_box_iou
+    monkeypatch.setattr(
+        supervisor, "teacher_statistics", lambda *a: measured["teacher"].append(trainer.iter) or real_teacher(*a)
+    )
+    monkeypatch.setattr(
+        pairwise_schedule, "mask_box_iou", lambda *a: measured["box_fit"].append(trainer.iter) or real_box(*a)
+    )
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert measured == {"teacher": [1, 3, 4], "box_fit": [1, 3, 4]}
+    records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.json")]
+    assert [r["iteration"] for r in records if "sim/teacher_box_iou" in r] == [1, 3, 4]
+    assert all("box_fit/box_iou" in r for r in records if "total_loss" in r)

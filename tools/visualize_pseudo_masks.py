@@ -70,6 +70,7 @@ def compute_maps(model, x: Dict[str, Any]) -> Dict[str, Any]:
     indices = model.criterion.match(outputs, targets)
     sim = model.supervision.sim
     teacher_outputs = sim.teacher(images)
+    sim.pseudo_masks.record_positives = True  # the positives' lists, a debugging view training never builds
     return sim.pseudo_masks(teacher_outputs, targets, indices, sim.prototypes.prototypes)[0]
 
 

@@ -140,8 +140,9 @@ class TrainingProgress:
     ) -> None:
         """Record iteration ``iteration`` (0-based) and log when it ends a log period or the run.
 
-        ``scalars`` are the model's other scalars of the step (e.g. the matched masks' box fit); like the losses
-        they are logged and written as medians over the log period (NaN values are skipped).
+        ``scalars`` are the model's other scalars of the step (e.g. the matched masks' box fit), measured on the
+        iterations that log (:meth:`logs_after`); like the losses they are written as medians of what the log
+        period recorded (NaN values are skipped).
         """
         for key, value in losses.items():
             self.losses.setdefault(key, SmoothedValue(self.log_period)).update(value)
@@ -153,9 +154,13 @@ class TrainingProgress:
         self.iter_time.update(iter_time)
         self.data_time.update(data_time)
         self.lr = lr
-        done = iteration + 1
-        if done % self.log_period == 0 or done == self.max_iter:
+        if self.logs_after(iteration):
             self.log(iteration)
+
+    def logs_after(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (0-based) ends a log period or the run (a progress line is written)."""
+        done = iteration + 1
+        return done % self.log_period == 0 or done == self.max_iter
 
     def eta_seconds(self, iteration: int) -> float:
         return self.iter_time.avg * (self.max_iter - iteration - 1)

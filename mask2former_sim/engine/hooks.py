@@ -48,8 +48,15 @@ class HookBase:
 
 
 class MetricsWriter(HookBase):
-    """Every iteration: the loss terms, learning rate, timings and the model's ``training_statistics()`` to the
-    trainer's :class:`~.events.TrainingProgress` (which logs and writes them every ``LOG_PERIOD``)."""
+    """Every iteration: the loss terms, learning rate and timings to the trainer's :class:`~.events.TrainingProgress`
+    (which logs and writes them every ``LOG_PERIOD``); on the iterations that log, the model's
+    ``training_statistics()`` too. The supervision measures them only then (``set_statistics_due``): each one
+    waits for the device."""
+
+    def before_step(self) -> None:
+        supervision = getattr(unwrap_model(self.trainer.model), "supervision", None)
+        if supervision is not None:
+            supervision.set_statistics_due(self.trainer.progress.logs_after(self.trainer.iter))
 
     def after_step(self) -> None:
         trainer = self.trainer

@@ -155,7 +155,11 @@ class PairwiseSchedule(SupervisionStep):
         return stats
 
     def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
-        """Observe the final head's matched masks (targets unchanged)."""
+        """Observe the final head's matched masks (targets unchanged): when statistics are due, or while an adaptive
+        start waits for its box IoU."""
+        if not self.statistics_due and not (self.adaptive and self.warmup_start() is None):
+            self._statistics = {}
+            return targets
         final, indices = prediction_heads(step.outputs)[0][1], step.indices[0]
         self._statistics = self.observe(
             step.iteration,

@@ -102,6 +102,11 @@ class Supervision(nn.Module):
         """The trainer hooks of every step, in order (the engine asks the mode; it never tests types)."""
         return [hook for step in self.steps for hook in step.hooks(model)]
 
+    def set_statistics_due(self, due: bool) -> None:
+        """Whether the next training forward measures the steps' statistics (the trainer: on logging iterations)."""
+        for step in self.steps:
+            step.statistics_due = bool(due)
+
     def statistics(self) -> Dict[str, float]:
         """The steps' scalars of the last training forward."""
         merged: Dict[str, float] = {}

@@ -49,8 +49,11 @@ class SupervisionStep(nn.Module):
     """One part of a supervision mode's training forward; every method defaults to doing nothing.
 
     A step is a module so that its state (the pairwise schedule's start, SIM's teacher and prototypes) is saved
-    in checkpoints with the model.
+    in checkpoints with the model. ``statistics_due`` says whether the scalars of :meth:`statistics` are wanted
+    this iteration (measuring them waits for the device; the trainer wants them on logging iterations only).
     """
+
+    statistics_due = True
 
     def prepare_inputs(self, batched_inputs: List[Dict[str, Any]], iteration: int) -> List[Dict[str, Any]]:
         """The inputs the network sees (new dicts; the given ones are kept)."""
@@ -65,7 +68,8 @@ class SupervisionStep(nn.Module):
         return targets
 
     def statistics(self) -> Dict[str, float]:
-        """Scalars of the last training forward for the logs (e.g. how well matched masks fit their boxes)."""
+        """Scalars of the last training forward for the logs (e.g. how well matched masks fit their boxes); empty
+        when the forward ran with ``statistics_due`` False."""
         return {}
 
     def hooks(self, model: nn.Module) -> List[Any]:

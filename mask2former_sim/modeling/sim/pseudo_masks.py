@@ -33,6 +33,7 @@ __all__ = [
     "full_resolution_pseudo_masks",
     "mask_score",
     "gather_positives",
+    "positives_by_gt",
     "PseudoMaskGenerator",
 ]
 
@@ -148,6 +149,17 @@ def gather_positives(
     return triples
 
 
+def positives_by_gt(
+    triples: Sequence[Tuple[int, int, int]], weights: torch.Tensor, num_gts: int
+) -> List[List[Tuple[int, int, float]]]:
+    """Per GT, its positives as (head, query, Eq. 6 weight): ``triples`` of :func:`gather_positives` with their
+    weights (a debugging view: it reads the weights back from the device)."""
+    positives: List[List[Tuple[int, int, float]]] = [[] for _ in range(num_gts)]
+    for (head, query, k), weight in zip(triples, weights.tolist()):
+        positives[k].append((head, query, weight))
+    return positives
+
+
 class PseudoMaskGenerator:
     """SIM's pseudo masks (Eq. 1, 6, 7 and the thresholds) for the original (non-pasted) GTs of a batch.
 
@@ -159,7 +171,12 @@ class PseudoMaskGenerator:
         instance_map_thresh: M_I threshold of the prototype pixels before START_ITER (read by the SIM supervisor).
         outside_box: pixels outside the GT box are certain "background" for the pseudo loss, or "ignore"d
             (weight 0, the official code's choice; docs/DESIGN.md).
+
+    ``record_positives`` (False; the pseudo-mask visualiser sets it) adds each GT's positives as Python lists to the
+    results, which waits for the device once per image: a debugging aid, off in training.
     """
+
+    record_positives = False
 
     def __init__(
         self,
@@ -222,8 +239,8 @@ class PseudoMaskGenerator:
 
         Returns:
             per image ``{"gt": (K,) GT indices, "semantic", "instance", "prob", "labels", "weights", "region"
-            (box ∧ ¬padding), "box_masks": (K, h, w), "tau_high": (K,) (τ_high of each instance), "positives":
-            K lists of (head, query, weight)}``.
+            (box ∧ ¬padding), "box_masks": (K, h, w), "tau_high": (K,) (τ_high of each instance)}``; with
+            ``record_positives`` also ``"positives"``: K lists of (head, query, weight).
         """
         heads = [head for _, head in prediction_heads(teacher_outputs)][: len(indices_per_head)]
         head_ids = list(range(len(heads)))
@@ -245,12 +262,9 @@ class PseudoMaskGenerator:
             }
             probs = torch.cat([heads[hd]["pred_masks"][b, queries[hd]].float() for hd in head_ids]).sigmoid()
             group = torch.tensor([k for _, _, k in triples], dtype=torch.int64, device=device)
-            weights, inst = instance_maps(
+            positive_weights, inst = instance_maps(
                 probs, target["boxes"][gts][group], group, len(gt_list), self.stride, self.iou_mu
             )
-            positives: List[List[Tuple[int, int, float]]] = [[] for _ in gt_list]
-            for (hd, q, k), wt in zip(triples, weights.tolist()):
-                positives[k].append((hd, q, wt))
             box_masks = target["box_masks"][gts].float()
             classes, class_row = target["labels"][gts].unique(return_inverse=True)  # one map per class present
             sem = semantic_map(features[b], prototypes[classes], self.proto_temperature)[class_row]
@@ -260,20 +274,20 @@ class PseudoMaskGenerator:
             labels, weights = threshold_pseudo_mask(prob, self.tau_low, tau_high, region)
             if self.outside_box == "background":  # outside its box (on real pixels) a pixel is certain background
                 weights = torch.where(region, weights, valid.to(weights).expand_as(weights))
-            results.append(
-                {
-                    "gt": gts,
-                    "semantic": sem,
-                    "instance": inst,
-                    "prob": prob,
-                    "labels": labels,
-                    "weights": weights,
-                    "tau_high": tau_high,
-                    "positives": positives,
-                    "region": region,
-                    "box_masks": box_masks,
-                }
-            )
+            result = {
+                "gt": gts,
+                "semantic": sem,
+                "instance": inst,
+                "prob": prob,
+                "labels": labels,
+                "weights": weights,
+                "tau_high": tau_high,
+                "region": region,
+                "box_masks": box_masks,
+            }
+            if self.record_positives:
+                result["positives"] = positives_by_gt(triples, positive_weights, len(gt_list))
+            results.append(result)
         return results
 
     def __repr__(self) -> str:

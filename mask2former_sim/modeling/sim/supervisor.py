@@ -161,9 +161,11 @@ class SIMSupervisor(SupervisionStep):
         teacher_outputs = self.teacher(step.images)
         results = self.pseudo_masks(teacher_outputs, targets, step.indices, self.prototypes.prototypes)
         started = self.started(step.iteration)
-        self._statistics = teacher_statistics(targets, results, self.stride)
-        self._statistics["bank_size"] = float(len(self.bank)) if self.bank is not None else 0.0
-        self._statistics["started"] = float(started)
+        self._statistics = {}
+        if self.statistics_due:
+            self._statistics = teacher_statistics(targets, results, self.stride)
+            self._statistics["bank_size"] = float(len(self.bank)) if self.bank is not None else 0.0
+            self._statistics["started"] = float(started)
         student_features = F.normalize(step.outputs["mask_features"].detach().float(), dim=1)
         pixel_sets = []
         pseudo = [] if started else None
