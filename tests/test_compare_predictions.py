@@ -1,20 +1,23 @@
-"""tools/compare_predictions.py: a grid with a labelled row for the ground truth and one per model, drawn by the
+"""dev/compare_predictions.py: a grid with a labelled row for the ground truth and one per model, drawn by the
 demo's visualiser, on a generated data set with random weights."""
 
 import os
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from _engine_fakes import make_tiny_dataset
 from PIL import Image
 
+from dev import compare_predictions
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import get_dataset_dicts, register_from_string
 from mask2former_sim.data.catalog import remove_dataset
 from mask2former_sim.data.coco import read_image
 from mask2former_sim.modeling import build_model
-from tools import compare_predictions
+
+pytestmark = pytest.mark.dev
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
 

@@ -1,13 +1,13 @@
-"""tools/duplicate_suppression.py: greedy mask NMS by hand, and a duplicate that costs AP."""
+"""dev/duplicate_suppression.py: greedy mask NMS by hand, and a duplicate that costs AP."""
 
 import json
 
 import pytest
 from _coco_fixtures import box_rle
 
-from tools.duplicate_suppression import main, mask_nms
+from dev.duplicate_suppression import main, mask_nms
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [pytest.mark.dev, pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")]
 
 
 def test_nms_keeps_the_best_of_each_overlapping_group():

@@ -1,4 +1,4 @@
-"""tools/false_positive_breakdown.py on hand-made images: each kind of false positive, AP50 worked out by hand
+"""dev/false_positive_breakdown.py on hand-made images: each kind of false positive, AP50 worked out by hand
 and against pycocotools' COCOeval, and AP50 with each kind removed."""
 
 import contextlib
@@ -10,9 +10,9 @@ from _coco_fixtures import box_rle
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tools.false_positive_breakdown import breakdown, main
+from dev.false_positive_breakdown import breakdown, main
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [pytest.mark.dev, pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")]
 
 
 def _ann(i, image_id, y1, x1, y2, x2):

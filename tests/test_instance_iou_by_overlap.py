@@ -1,4 +1,4 @@
-"""tools/instance_iou_by_overlap.py on a hand-made image: best IoUs, the overlap split and the score cut-off."""
+"""dev/instance_iou_by_overlap.py on a hand-made image: best IoUs, the overlap split and the score cut-off."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from _coco_fixtures import box_rle
 
-from tools.instance_iou_by_overlap import main, overlapping_flags
+from dev.instance_iou_by_overlap import main, overlapping_flags
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [pytest.mark.dev, pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")]
 
 
 def test_overlap_flags_need_a_positive_intersection():

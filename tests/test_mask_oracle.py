@@ -1,4 +1,4 @@
-"""tools/mask_oracle.py on a hand-made image: which detections take a GT mask (box IoU of the mask's box with the
+"""dev/mask_oracle.py on a hand-made image: which detections take a GT mask (box IoU of the mask's box with the
 GT box), and segm AP before and after, worked out by hand."""
 
 import json
@@ -8,9 +8,9 @@ import pycocotools.mask as mask_util
 import pytest
 from _coco_fixtures import box_rle
 
-from tools.mask_oracle import main
+from dev.mask_oracle import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [pytest.mark.dev, pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")]
 
 
 def _ann(i, y1, x1, y2, x2):

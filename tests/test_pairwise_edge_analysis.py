@@ -1,4 +1,4 @@
-"""tools/pairwise_edge_analysis.py: the edge classes and costs of a GT mask and of its outline, counted by hand."""
+"""dev/pairwise_edge_analysis.py: the edge classes and costs of a GT mask and of its outline, counted by hand."""
 
 import math
 
@@ -7,10 +7,12 @@ import torch
 
 from mask2former_sim.modeling.losses.boxinst import images_color_similarity
 
+pytestmark = pytest.mark.dev
+
 
 @pytest.fixture(scope="module")
 def tool():
-    from tools import pairwise_edge_analysis
+    from dev import pairwise_edge_analysis
 
     return pairwise_edge_analysis
 

@@ -1,4 +1,4 @@
-"""tools/score_factors.py: the scorings are the model's score, its two factors and each detection's best GT IoU
+"""dev/score_factors.py: the scorings are the model's score, its two factors and each detection's best GT IoU
 (checked against a numpy IoU), and the confident detections are counted against a brute-force IoU check."""
 
 import os
@@ -9,13 +9,13 @@ import pytest
 import torch
 from _engine_fakes import make_tiny_dataset
 
+from dev import score_factors
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import register_from_string
 from mask2former_sim.data.catalog import remove_dataset
 from mask2former_sim.modeling import build_model
-from tools import score_factors
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = [pytest.mark.dev, pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")]
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
 

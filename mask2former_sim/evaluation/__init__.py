@@ -1,6 +1,6 @@
 """COCO evaluation (pycocotools) and the inference loop over a test loader."""
 
-from .coco_evaluator import COCOEvaluator, average_precision_at, instances_to_coco_results, read_named_results, segm_ap
+from .coco_evaluator import COCOEvaluator, average_precision_at, instances_to_coco_results
 from .evaluator import format_results_table, format_table, inference_on_dataset, print_csv_format
 
 __all__ = [
@@ -11,6 +11,4 @@ __all__ = [
     "inference_on_dataset",
     "instances_to_coco_results",
     "print_csv_format",
-    "read_named_results",
-    "segm_ap",
 ]

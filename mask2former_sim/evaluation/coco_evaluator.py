@@ -78,34 +78,6 @@ def instances_to_coco_results(
     return results
 
 
-def read_named_results(specs: Sequence[str]) -> Dict[str, List[dict]]:
-    """``NAME=JSON`` strings (the diagnostics tools' ``--results``) → {NAME: the COCO results list of JSON}."""
-    named = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--results takes NAME=JSON, got {spec!r}")
-        with open(path) as f:
-            named[name] = json.load(f)
-    return named
-
-
-def segm_ap(gt: COCO, results: List[dict]) -> Dict[str, float]:
-    """AP, AP50, AP75 (percent) of a COCO results list against ``gt``: pycocotools' summary at maxDets 100 (the
-    diagnostics tools' score of a results json as it is and after a change)."""
-    if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        # copies without their boxes: loadRes writes area, bbox and id into the dicts it gets, and a box on the first
-        # result makes it read every result as a box (area from the box, KeyError where a box is missing)
-        masks_only = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        evaluator = COCOeval(gt, gt.loadRes(masks_only), "segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {"AP": 100 * evaluator.stats[0], "AP50": 100 * evaluator.stats[1], "AP75": 100 * evaluator.stats[2]}
-
-
 def images_with_masks(coco_gt: COCO) -> set:
     """Ids of the images whose annotations (crowd ones included) all carry a ``segmentation``; an image without
     annotations counts (its false positives are scored)."""

@@ -1,7 +1,7 @@
 """When BoxInst's pairwise term acts (``MODEL.BOXINST.PAIRWISE``): a fixed start, or a start that follows the model.
 
 The pairwise term pulls every cell of a kept colour edge towards the side of 0.5 it is on; started before the
-projection term has formed Mask2Former's masks it empties them into outlines (docs/RESULTS.md §1.1). BoxInst starts
+projection term has formed Mask2Former's masks it empties them into outlines (docs/experiments/pairwise_term_collapse.md). BoxInst starts
 it at iteration 0 with a 10k-iteration warm-up, which suits CondInst's masks (blobs from the start) but not
 Mask2Former's (noise at the start). A fixed start found on a short run does not transfer to a long one, so
 :class:`PairwiseSchedule` can instead start the warm-up once the matched masks have formed: when the running mean of

@@ -5,7 +5,7 @@ score alone, and with an oracle score (each detection's best mask IoU with a GT 
 instance share that IoU and rank together, so a model's duplicates pull this AP down); how well each score follows
 that IoU (Spearman's rho over all detections); and how many confident detections match no ground truth.
 
-    python tools/score_factors.py --config-file configs/cpu/boxinst_m2f_cats_lite0.yaml \\
+    python dev/score_factors.py --config-file configs/cpu/boxinst_m2f_cats_lite0.yaml \\
         --weights output/run/model_final.pth [--dataset feral_cats_val] [--output scores.json]
 
 Runs the model's own inference on every test image (the same detections as evaluation) and evaluates the three

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Question: do the CUDA op and the whole model train and evaluate on a GPU, and how fast is the forward? (docs/GPU.md)
 # One-shot check of the whole model on a GPU machine: build the CUDA op, run a short AMP training + evaluation of
 # the tiny synthetic config on CUDA with MSDA_IMPL cuda, and time the R50 / Swin-T forward pass with the op and
 # with the PyTorch path. Logs go to $OUT (if set) or output/gpu_model_check/.

@@ -2,7 +2,7 @@
 """Which false positives cost a model its AP50: every detection is matched to the GT instances as COCO does at
 IoU 0.5, each false positive is sorted into one kind, and AP50 is recomputed with each kind removed.
 
-    python tools/false_positive_breakdown.py --gt instances_val.json \\
+    python dev/false_positive_breakdown.py --gt instances_val.json \\
         --results proj=output/a/inference/feral_cats_val/coco_instances_results.json \\
                   pairwise=output/b/inference/feral_cats_val/coco_instances_results.json [--json out.json]
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -30,7 +32,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from mask2former_sim.data.coco import segmentation_to_rle
-from mask2former_sim.evaluation import read_named_results
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
+from coco_results import read_named_results  # noqa: E402
 
 MATCH_IOU = 0.5  # COCO's AP50 threshold
 BACKGROUND_IOU = 0.1  # below this a false positive touches no GT (TIDE's background threshold)

@@ -19,7 +19,7 @@ nothing. Printed (and written as json with ``--output``): the share of the GT's 
 edges in each class, overall and by object size (equivalent diameter in cells), and the mean loss per kept edge
 and projection term of the GT and of the outline.
 
-    python tools/pairwise_edge_analysis.py --config-file configs/cpu/boxinst_m2f_synthetic_tiny.yaml \\
+    python dev/pairwise_edge_analysis.py --config-file configs/cpu/boxinst_m2f_synthetic_tiny.yaml \\
         --num-images 100 --output output/pairwise_edges.json
 """
 

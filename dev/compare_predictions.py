@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""A grid of one column per image and one row each for the ground truth and every model, drawn by the demo's
+"""Question: what do the models of each supervision draw on the same photos? (docs/photos.png)
+
+A grid of one column per image and one row each for the ground truth and every model, drawn by the demo's
 visualiser: a picture of how supervision modes differ on the same photos.
 
-    python tools/compare_predictions.py --dataset feral_cats_val --num-images 6 --output docs/photos.png \\
+    python dev/compare_predictions.py --dataset feral_cats_val --num-images 6 --output docs/photos.png \\
         --model Mask2Former configs/cpu/m2f_cats_lite0.yaml output/m2f/model_final.pth \\
         --model BoxInst-M2F configs/cpu/boxinst_m2f_cats_lite0.yaml output/boxinst/model_final.pth \\
         --model SIM configs/cpu/sim_m2f_cats_lite0.yaml output/sim/model_final.pth

@@ -3,7 +3,7 @@
 greedy mask non-maximum suppression (a detection is dropped when its mask IoU with a higher-scoring detection of
 the same image and class is at least ``--iou``). Mask2Former has no NMS; this is a diagnostic, not inference.
 
-    python tools/duplicate_suppression.py --gt instances_val.json \\
+    python dev/duplicate_suppression.py --gt instances_val.json \\
         --results proj=output/a/inference/feral_cats_val/coco_instances_results.json pairwise=output/b/... [--iou 0.5]
 """
 
@@ -13,6 +13,8 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -20,7 +22,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
-from mask2former_sim.evaluation import read_named_results, segm_ap
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
+from coco_results import read_named_results, segm_ap  # noqa: E402
 
 
 def mask_nms(results: List[dict], iou: float) -> List[dict]:

@@ -3,7 +3,7 @@
 ranks them: segm AP of a COCO results json as it is, and with the masks of the detections that found an object
 replaced by that object's GT mask.
 
-    python tools/mask_oracle.py --gt instances_val.json \\
+    python dev/mask_oracle.py --gt instances_val.json \\
         --results masks=output/a/inference/feral_cats_val/coco_instances_results.json \\
                   sim=output/b/inference/feral_cats_val/coco_instances_results.json [--box-iou 0.5] [--json out.json]
 
@@ -19,6 +19,8 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -26,7 +28,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
-from mask2former_sim.evaluation import read_named_results, segm_ap
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
+from coco_results import read_named_results, segm_ap  # noqa: E402
 
 BOX_IOU = 0.5  # a detection whose mask box overlaps a GT box this much found that object (COCO's AP50 rule, on boxes)
 

@@ -3,7 +3,7 @@
 isolated ones: tells merged neighbours (a loss on the overlapping instances) from masks that leak into the
 background (a loss on both).
 
-    python tools/instance_iou_by_overlap.py --gt instances_val.json \\
+    python dev/instance_iou_by_overlap.py --gt instances_val.json \\
         --results proj=output/a/inference/feral_cats_val/coco_instances_results.json \\
                   pairwise=output/b/inference/feral_cats_val/coco_instances_results.json [--min-score 0.3]
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -24,7 +26,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from mask2former_sim.data.coco import segmentation_to_rle
-from mask2former_sim.evaluation import read_named_results
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
+from coco_results import read_named_results  # noqa: E402
 
 
 def _xyxy(bbox: Sequence[float]) -> np.ndarray:

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Peak memory of the demo's prediction on a large photo: masks of the kept instances only vs of every query.
+"""Question: how much peak memory does the demo save on a 12-megapixel photo by resizing only the kept masks?
 
-    python tools/benchmark_demo_memory.py --config-file configs/cpu/sim_m2f_synthetic_tiny.yaml \\
+Peak memory of the demo's prediction on a large photo: masks of the kept instances only vs of every query.
+
+    python dev/benchmark_demo_memory.py --config-file configs/cpu/sim_m2f_synthetic_tiny.yaml \\
         --weights output/sim_m2f_synthetic_tiny/model_final.pth --size 4000 3000 --threshold 0.5
 
 The input is a validation image of the config's test set (default: the first of ``DATASETS.TEST``) resized to

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Question: do the three supervisions train on a GPU, and at what speed and AP? (docs/GPU.md)
 # One-shot GPU check of the three supervisions, for a machine lent for a few minutes:
 #   1. build the CUDA op (skipped when it already imports);
 #   2. short AMP trainings of the tiny synthetic config on CUDA in mask, box and sim modes (SIM switched on
