@@ -72,6 +72,7 @@ import torch
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import build_train_loader, get_dataset_dicts, register_from_config
 from mask2former_sim.engine.trainer import Trainer
+from mask2former_sim.interop.transformers import transformers_config
 from mask2former_sim.modeling.sim import supervisor
 from mask2former_sim.modeling.sim.teacher import EMATeacherHook
 
@@ -629,34 +630,11 @@ def profile_sections(args: argparse.Namespace, batches: List[Any]) -> Dict[str, 
 
 
 def transformers_model(cfg) -> torch.nn.Module:
-    """Hugging Face transformers' Mask2Former with the widths, layers, queries and points of ``cfg``."""
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, TimmBackboneConfig
+    """Hugging Face transformers' Mask2Former of the network of ``cfg`` (:func:`transformers_config`), random
+    weights."""
+    from transformers import Mask2FormerForUniversalSegmentation
 
-    mf, head = cfg.MODEL.MASK_FORMER, cfg.MODEL.SEM_SEG_HEAD
-    backbone = TimmBackboneConfig(
-        backbone=cfg.MODEL.BACKBONE.NAME, out_indices=(1, 2, 3, 4), use_pretrained_backbone=False
-    )
-    config = Mask2FormerConfig(
-        backbone_config=backbone,
-        num_labels=head.NUM_CLASSES,
-        num_queries=mf.NUM_OBJECT_QUERIES,
-        hidden_dim=mf.HIDDEN_DIM,
-        feature_size=head.CONVS_DIM,
-        mask_feature_size=head.MASK_DIM,
-        encoder_layers=head.TRANSFORMER_ENC_LAYERS,
-        num_attention_heads=mf.NHEADS,
-        encoder_feedforward_dim=head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
-        dim_feedforward=mf.DIM_FEEDFORWARD,
-        decoder_layers=mf.DEC_LAYERS,
-        train_num_points=mf.TRAIN_NUM_POINTS,
-        oversample_ratio=mf.OVERSAMPLE_RATIO,
-        importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-        class_weight=mf.CLASS_WEIGHT,
-        mask_weight=mf.MASK_WEIGHT,
-        dice_weight=mf.DICE_WEIGHT,
-        no_object_weight=mf.NO_OBJECT_WEIGHT,
-    )
-    return Mask2FormerForUniversalSegmentation(config)
+    return Mask2FormerForUniversalSegmentation(transformers_config(cfg))
 
 
 def time_transformers(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str, Any]:
