@@ -152,6 +152,18 @@ def test_inference_only_run_times_no_training(tmp_path):
     assert "## Training step" not in (tmp_path / "benchmark.md").read_text()
 
 
+def test_inference_against_transformers_alternates_the_two(tmp_path):
+    """--transformers-inference: the predictor and transformers' processor + model + post-processing, one pair per
+    size in --smoke; the weights are the same (their logits agree: tests/test_transformers_equivalence.py)."""
+    config = os.path.join(REPO, "configs", "cpu", "sim_m2f_synthetic_tiny.yaml")
+    opts = ["--opts", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10"]
+    argv = ["--config-file", config, "--smoke", "--modes", "--no-inference", "--transformers-inference", "64"]
+    report = benchmark.main([*argv, "--output-dir", str(tmp_path), *opts])
+    ((ours, theirs),) = report["transformers_inference"]["sizes"][64]["pairs_s"]
+    assert ours > 0 and theirs > 0 and report["transformers_inference"]["threshold"] == 0.0
+    assert "## Inference against transformers" in (tmp_path / "benchmark.md").read_text()
+
+
 def test_against_a_commit_alternates_two_processes(tmp_path):
     """--baseline-ref: the step of a commit (here HEAD) and of this tree, each in its own worker process."""
     config = os.path.join(REPO, "configs", "cpu", "m2f_synthetic_tiny.yaml")

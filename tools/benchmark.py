@@ -33,6 +33,10 @@ Sections (each prints a markdown table; all are written to ``<output-dir>/benchm
   an equivalent config with random weights (the config's timm backbone, widths, layers, queries, points),
   alternated step by step with our mask step (per-pair ratios and their median; the machine's drift within a
   run would otherwise decide the ratio).
+- **inference against transformers** (``--transformers-inference SIZE ...``): the demo's predictor against
+  transformers' image processor, model and ``post_process_instance_segmentation`` with the same weights (carried
+  over through the official names), alternated image by image on ``--inference-images`` photos of the test set,
+  at each test size; per-image ratios and their median.
 - **scaling** (``--scaling``): step time and peak memory against the GT instances per image (1 → 300
   nuclei-like discs) and the image size (256 → 1024), and inference time against the image size up to
   4000×3000; a table and ``scaling.png``.
@@ -863,6 +867,94 @@ def time_msda(device: torch.device, warmup: int, iters: int, smoke: bool) -> Dic
 
 
 # --------------------------------------------------------------------------------------------- reporting
+def time_transformers_inference(
+    config_file: str, device: str, opts: Sequence[str], num_images: int, weights: str, sizes: Sequence[int]
+) -> Dict[str, Any]:
+    """Our inference against transformers' on the same photos with the same weights, alternated image by image.
+
+    Ours: the demo's :class:`~mask2former_sim.predictor.Predictor` (test resize, the network, Mask2Former's
+    post-processing to the image size). Theirs: ``Mask2FormerImageProcessor`` (the exported settings), the model,
+    ``post_process_instance_segmentation`` to the image size. Both keep the instances scoring at least 0.5 with
+    ``weights`` (a trained model), every one without (random weights score low). Per test size (shortest and longest
+    edge ``size``): seconds per image of each (median) and the median of the per-image ratios.
+    """
+    import transformers
+    from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
+
+    from mask2former_sim.data.coco import read_image
+    from mask2former_sim.interop.official import to_official
+    from mask2former_sim.interop.transformers import (
+        image_processor_kwargs,
+        official_to_transformers,
+        transformers_config,
+    )
+    from mask2former_sim.predictor import Predictor
+
+    transformers.logging.set_verbosity_error()
+    threshold = 0.5 if weights else 0.0
+    results: Dict[str, Any] = {"threshold": threshold, "weights": weights or "random init", "sizes": {}}
+    for size in sizes:
+        size_opts = ["INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size), "INPUT.TEST_SCALE", "0.0"]
+        cfg = get_cfg(config_file, ["MODEL.DEVICE", device, "MODEL.WEIGHTS", weights, *opts, *size_opts])
+        register_from_config(cfg)
+        torch.manual_seed(0)
+        ours = Predictor(cfg)
+        hf_config = transformers_config(cfg)
+        theirs = Mask2FormerForUniversalSegmentation(hf_config).to(device).eval()
+        theirs.load_state_dict(official_to_transformers(to_official(ours.model.state_dict(), ours.model), hf_config))
+        processor = Mask2FormerImageProcessor(**image_processor_kwargs(cfg))
+        dicts = get_dataset_dicts(cfg.DATASETS.TEST[0])[: num_images + 1]
+        images = [read_image(d["file_name"]) for d in dicts]
+
+        def run_ours(image):
+            ours(image, score_threshold=threshold)
+
+        def run_theirs(image):
+            with torch.inference_mode():
+                inputs = processor(images=image, return_tensors="pt").to(device)
+                outputs = theirs(pixel_values=inputs["pixel_values"])
+                processor.post_process_instance_segmentation(
+                    outputs, threshold=threshold, target_sizes=[image.shape[:2]]
+                )
+
+        pairs = []
+        for k, image in enumerate(images):
+            timed = []
+            for fn in (run_ours, run_theirs):
+                synchronize(torch.device(device))
+                start = time.perf_counter()
+                fn(image)
+                synchronize(torch.device(device))
+                timed.append(time.perf_counter() - start)
+            if k > 0 or len(images) == 1:  # the first image warms both up
+                pairs.append(tuple(timed))
+        results["sizes"][size] = {
+            "pairs_s": pairs,
+            "ours_s": statistics.median(p[0] for p in pairs),
+            "theirs_s": statistics.median(p[1] for p in pairs),
+            "ratio": statistics.median(p[0] / p[1] for p in pairs),
+            "image_size": list(images[0].shape[:2]),
+        }
+    return results
+
+
+def transformers_inference_table(result: Dict[str, Any]) -> str:
+    lines = [
+        f"Ours (the demo's Predictor) and transformers' (image processor, model, post_process_instance_segmentation)"
+        f" on the same photos, same weights ({result['weights']}), instances scoring >= {result['threshold']}, "
+        "alternated image by image:",
+        "",
+        "| test size | photos | ours (ms/image) | transformers (ms/image) | ours / transformers (median per image) |",
+        "|---|---|---|---|---|",
+    ]
+    for size, row in result["sizes"].items():
+        lines.append(
+            f"| {size} | {len(row['pairs_s'])} | {_ms(row['ours_s'])} | {_ms(row['theirs_s'])} | "
+            f"**{row['ratio']:.2f}x** |"
+        )
+    return "\n".join(lines)
+
+
 def _ms(seconds: Optional[float]) -> str:
     return "–" if seconds is None or not math.isfinite(seconds) else f"{seconds * 1000:.0f}"
 
@@ -965,6 +1057,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--inference-images", type=int, default=16)
     parser.add_argument("--weights", default="", help="trained checkpoint for the inference sections")
     parser.add_argument("--compare-transformers", action="store_true")
+    parser.add_argument(
+        "--transformers-inference",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SIZE",
+        help="our inference against transformers' at these test sizes (e.g. 256 640)",
+    )
     parser.add_argument("--baseline-ref", default="", help="a commit: its step alternated with this tree's")
     parser.add_argument("--evaluation", action="store_true", help="time each stage of a COCO evaluation")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="torch.profiler over STEPS steps")
@@ -1062,6 +1162,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             f"B / A: **{ab['ratio']:.2f}x**",
             "",
         ]
+    if args.transformers_inference:
+        images = 1 if args.smoke else args.inference_images
+        sizes = [64] if args.smoke else args.transformers_inference
+        side = time_transformers_inference(args.config_file, args.device, args.opts, images, args.weights, sizes)
+        report["transformers_inference"] = side
+        md += ["## Inference against transformers", "", transformers_inference_table(side), ""]
     if args.evaluation:
         evaluation = time_evaluation(
             args.config_file, args.device, args.opts, 1 if args.smoke else args.inference_images, args.weights
