@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Question: where does the order of the four supervisions on cats settle when they train for 50 epochs?
 (docs/experiments/cats_curves.md, issue 34.) Draws segm AP against epoch from each run's metrics.json, with the
-1,000-iteration seed-0 results of docs/experiments/photographs_supervision_modes.md marked, and prints the same numbers as a markdown table.
+1,000-iteration seed-0 results of docs/experiments/photographs_supervision_modes.md marked, and prints the same
+numbers as a markdown table.
 
     python dev/cats_curves.py --run masks=<dir> --run "projection only"=<dir> --run BoxInst-M2F=<dir> \\
         --run SIM=<dir> --output docs/cats_curves.png

@@ -39,12 +39,12 @@ from mask2former_sim.config import get_cfg
 from mask2former_sim.data import get_dataset_dicts, register_from_config
 from mask2former_sim.data.coco import decode_segmentation, read_image
 from mask2former_sim.modeling.losses.boxinst import (
-    boxes_to_stride_masks,
     compute_project_term,
     images_color_similarity,
     pairwise_log_same_prob,
     unfold_wo_center,
 )
+from mask2former_sim.structures.boxes import boxes_to_stride_masks
 
 logger = logging.getLogger("mask2former_sim.pairwise_edge_analysis")
 

@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from mask2former_sim.modeling.losses.boxinst import (
-    box_raster,
-    boxes_to_stride_masks,
     compute_pairwise_term,
     compute_project_term,
     dice_coefficient,
@@ -17,7 +15,7 @@ from mask2former_sim.modeling.losses.boxinst import (
     rgb_to_lab,
     unfold_wo_center,
 )
-from mask2former_sim.modeling.postprocessing import masks_to_boxes
+from mask2former_sim.structures.boxes import boxes_to_stride_masks
 
 skcolor = pytest.importorskip("skimage.color")
 
@@ -90,36 +88,6 @@ def test_color_similarity_of_a_mixed_border_cell_is_its_4x4_mean():
     lab_mixed = rgb_to_lab(torch.full((1, 3, 1, 1), 0.5))[0, :, 0, 0]
     expected = math.exp(-(100.0 - lab_mixed[0].item()) / 2.0)
     assert pooled[0, 4, 0, 1].item() == pytest.approx(expected, rel=1e-4)
-
-
-def test_box_masks_cover_the_pixels_the_box_overlaps():
-    boxes = torch.tensor([[3.0, 5.5, 9.9, 14.0]])
-    m = boxes_to_stride_masks(boxes, 16, 16, stride=4)[0]
-    full = torch.zeros(16, 16)
-    full[5:14, 3:10] = 1  # rows 5.5 → 14.0 overlap pixels 5..13, columns 3.0 → 9.9 overlap 3..9
-    assert torch.equal(m, full[2::4, 2::4])
-    assert m[3].sum() == 0  # sampled row 14 is outside (BoxInst's int(y2) + 1 would include it)
-    assert torch.equal(box_raster(boxes, 16, 16)[0], full.bool())
-
-
-def test_box_mask_of_a_tight_box_samples_exactly_the_mask_extent():
-    """A pasted instance's box is masks_to_boxes of its pixels (x2 = last + 1): its stride mask must contain the
-    sampled cells inside the pixel extent and no cell beyond it (else the projection target includes a cell
-    that the paste loss labels background)."""
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(50):
-        mask = torch.zeros(1, 40, 40, dtype=torch.bool)
-        y1, x1 = torch.randint(0, 20, (2,), generator=generator).tolist()
-        y2, x2 = (
-            y1 + int(torch.randint(1, 20, (), generator=generator)),
-            x1 + int(torch.randint(1, 20, (), generator=generator)),
-        )
-        mask[0, y1:y2, x1:x2] = True
-        box_mask = boxes_to_stride_masks(masks_to_boxes(mask), 40, 40, stride=4)[0]
-        samples = torch.arange(10) * 4 + 2
-        expected = ((samples >= y1) & (samples < y2))[:, None] & ((samples >= x1) & (samples < x2))[None, :]
-        assert torch.equal(box_mask.bool(), expected)
-        assert torch.equal(box_mask.bool(), mask[0, 2::4, 2::4])  # a filled rectangle: the paste mask itself
 
 
 def test_projection_term_hand_computed():

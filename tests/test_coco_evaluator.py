@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former_sim.evaluation import COCOEvaluator, format_results_table
-from mask2former_sim.modeling.postprocessing import masks_to_boxes
+from mask2former_sim.structures.boxes import masks_to_boxes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
 

@@ -108,7 +108,8 @@ def test_coco_box_configs_keep_mask2former_schedule_and_start_the_warmup_on_form
         assert cfg.SOLVER.MAX_ITER == (737500 if epochs_100 else 368750), path.name
         assert cfg.SOLVER.IMS_PER_BATCH == 16
         assert cfg.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS == 10000
-        # the warm-up starts once the matched masks have formed, not at iteration 0 (docs/experiments/photographs_supervision_modes.md)
+        # the warm-up starts once the matched masks have formed, not at iteration 0
+        # (docs/experiments/photographs_supervision_modes.md)
         assert cfg.MODEL.BOXINST.PAIRWISE.START_BOX_IOU == pytest.approx(0.47), path.name
         assert cfg.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED == 10
 
@@ -126,7 +127,7 @@ def test_cpu_box_config_builds_a_box_model():
 
     cfg = get_cfg(str(CONFIGS / "cpu" / "boxinst_m2f_synthetic_tiny.yaml"))
     model = build_model(cfg)
-    assert model.supervision.mode == "box" and model.supervision.step_names == ["box_targets", "pairwise_schedule"]
+    assert model.supervision.mode == "box" and model.supervision.part_names == ["box_targets", "pairwise_schedule"]
     box = model.supervision.box_targets
     assert (box.stride, box.kernel_size, box.dilation, box.theta, box.bottom_pixels_removed) == (4, 3, 2, 2.0, 0)
     criterion = model.criterion
@@ -135,7 +136,8 @@ def test_cpu_box_config_builds_a_box_model():
     assert criterion.family("boxinst").schedule.warmup_iters == 100
     assert isinstance(criterion.matcher.cost, BoxProjectionCost)
     num_heads = cfg.MODEL.MASK_FORMER.DEC_LAYERS
-    # BoxInst's pairwise term, after projection alone for the first half of the run (docs/experiments/pairwise_term_collapse.md)
+    # BoxInst's pairwise term, after projection alone for the first half of the run
+    # (docs/experiments/pairwise_term_collapse.md)
     assert criterion.family("boxinst").schedule.start_iter == 400
     for key, weight in (("loss_ce", 2.0), ("loss_proj", 5.0), ("loss_pairwise", 5.0)):
         assert criterion.weight_dict[key] == weight

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from mask2former_sim.config import get_cfg
-from mask2former_sim.modeling.criterion import ClassificationLoss, LossContext, SetCriterion, expand_weight_dict
+from mask2former_sim.modeling.criterion import (
+    ClassificationLoss,
+    LossContext,
+    SetCriterion,
+    batch_instances,
+    expand_weight_dict,
+)
 from mask2former_sim.modeling.losses import mask as mask_supervision_module
 from mask2former_sim.modeling.losses.mask import (
     PointSampledMaskLoss,
@@ -212,19 +218,40 @@ def test_unknown_or_repeated_loss_family_is_an_error():
         SetCriterion(matcher=FixedMatcher([]), families=[("labels", None), ("labels", None)], weight_dict={})
 
 
-def test_families_receive_the_iteration_and_the_instance_count():
-    seen = []
+class RecordingFamily:
+    """A loss family that records its contexts and declares ``count(targets)`` as its instances."""
 
-    def family(outputs, targets, indices, context):
-        seen.append(context)
-        return {"loss_x": outputs["pred_logits"].sum() * 0}
+    def __init__(self, key, count):
+        self.key = key
+        self.count = count
+        self.seen = []
 
+    def num_instances(self, targets):
+        return self.count(targets)
+
+    def __call__(self, outputs, targets, indices, context):
+        self.seen.append(context)
+        return {self.key: outputs["pred_logits"].sum() * 0}
+
+
+def test_families_receive_the_iteration_and_their_declared_instance_count():
+    every = RecordingFamily("loss_x", batch_instances)
+    none = RecordingFamily("loss_y", lambda targets: 0)  # supervises nothing here: the normaliser is at least 1
     crit = SetCriterion(
         matcher=FixedMatcher([(torch.tensor([0]), torch.tensor([0]))] * 2),
-        families=[("x", family)],
-        weight_dict={"loss_x": 1.0},
+        families=[("x", every), ("y", none)],
+        weight_dict={"loss_x": 1.0, "loss_y": 1.0},
     )
     head = {"pred_logits": torch.zeros(2, 3, 4), "pred_masks": torch.zeros(2, 3, 4, 4)}
     targets = [{"labels": torch.tensor([1, 2])}, {"labels": torch.tensor([0])}]
     crit(head, targets, iteration=17)
-    assert seen == [LossContext(num_masks=3.0, iteration=17)]
+    assert every.seen == [LossContext(num_masks=3.0, iteration=17)]
+    assert none.seen == [LossContext(num_masks=1.0, iteration=17)]
+
+
+def test_a_family_that_declares_no_normaliser_is_an_error():
+    def family(outputs, targets, indices, context):
+        return {}
+
+    with pytest.raises(TypeError, match="'x'.*num_instances"):
+        SetCriterion(matcher=FixedMatcher([]), families=[("x", family)], weight_dict={})

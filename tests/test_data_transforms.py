@@ -22,7 +22,6 @@ from mask2former_sim.data.transforms import (
     VFlipTransform,
     apply_augmentations,
     clip_boxes,
-    masks_to_boxes,
     shortest_edge_size,
 )
 
@@ -45,9 +44,9 @@ def _naive_tight_box(mask):
     return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
-def test_masks_to_boxes_matches_naive_loop():
-    masks = _random_blob_masks(np.random.default_rng(0), 6, 40, 50)
-    np.testing.assert_array_equal(masks_to_boxes(masks), [_naive_tight_box(m) for m in masks])
+def _naive_tight_boxes(masks):
+    """(N, 4) float32 tight boxes of non-empty masks (x2 = last column + 1)."""
+    return np.array([_naive_tight_box(m) for m in masks], dtype=np.float32).reshape(-1, 4)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -56,7 +55,7 @@ def test_box_of_transformed_mask_equals_transformed_box(seed):
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(30, 90)), int(rng.integers(30, 90))
     masks = _random_blob_masks(rng, 5, h, w)
-    boxes = masks_to_boxes(masks)
+    boxes = _naive_tight_boxes(masks)
     augs = [RandomFlip(prob=0.5), ResizeScale(0.5, 2.0, 64, 64), FixedSizeCrop((64, 64), 128)]
     image, tfm = apply_augmentations(augs, np.zeros((h, w, 3), dtype=np.uint8), rng)
     out_masks = tfm.apply_masks(masks)
@@ -199,7 +198,7 @@ def test_mask_and_box_mode_agree_on_boxes(tmp_path):
         b = InstanceDatasetMapper(augmentations=augs, with_masks=False)(d, np.random.default_rng(seed))
         assert (m["image"] == b["image"]).all() and (m["padding_mask"] == b["padding_mask"]).all()
         masks = m["instances"]["gt_masks"].numpy()
-        np.testing.assert_array_equal(m["instances"]["gt_boxes"].numpy(), masks_to_boxes(masks))
+        np.testing.assert_array_equal(m["instances"]["gt_boxes"].numpy(), _naive_tight_boxes(masks))
         if len(masks) == len(b["instances"]["gt_boxes"]):
             mb, bb = m["instances"]["gt_boxes"].numpy(), b["instances"]["gt_boxes"].numpy()
             uncut = (bb[:, :2] > 0).all(axis=1) & (bb[:, 2:] < 64).all(axis=1)

@@ -17,7 +17,6 @@ from mask2former_sim.modeling.meta_arch import MaskFormer
 from mask2former_sim.modeling.postprocessing import (
     instance_inference,
     instances_at_size,
-    masks_to_boxes,
     masks_to_instances,
     topk_queries,
 )
@@ -68,7 +67,7 @@ def stub_model(topk=7, sliding_window=None):
         matching_cost=MaskCost(num_points=16),
         families=families,
         base_weights=weights,
-        steps={"mask_targets": MaskTargets()},
+        parts={"mask_targets": MaskTargets()},
     )
     criterion = SetCriterion(
         matcher=HungarianMatcher(cost=supervision.matching_cost), families=families, weight_dict=weights
@@ -93,17 +92,6 @@ def brute_force_box(mask: np.ndarray):
     if len(xs) == 0:
         return [0.0, 0.0, 0.0, 0.0]
     return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-
-
-def test_masks_to_boxes_brute_force():
-    rng = np.random.default_rng(0)
-    masks = rng.random((6, 9, 13)) > 0.93
-    masks[0] = False
-    masks[1] = False
-    masks[1, 4, 7] = True
-    boxes = masks_to_boxes(torch.as_tensor(masks))
-    assert boxes.dtype == torch.float32
-    assert boxes.tolist() == [brute_force_box(m) for m in masks]
 
 
 def test_instance_inference_scores_by_hand():

@@ -13,7 +13,8 @@ CATS = Path(__file__).resolve().parents[1] / "configs" / "cpu"
 @pytest.mark.parametrize(
     "max_iter, expected",
     [
-        # 1000 iterations: the values the cats configs held before the rule (docs/experiments/photographs_supervision_modes.md), checkpoints every 250
+        # 1000 iterations: the values the cats configs held before the rule, checkpoints every 250
+        # (docs/experiments/photographs_supervision_modes.md)
         (1000, dict(steps=(850,), lr_warmup=50, checkpoint=250, start=500, warmup=110, sim=610, ema=0.99)),
         # 4400 iterations (50 epochs of 700 photos at batch 8): 0.85, 0.05, 0.25, 0.5, 0.11 of the run; SIM after
         # the warm-up; a teacher time constant of 440 iterations

@@ -4,7 +4,6 @@ resolution, the bank stores copies."""
 import pytest
 import torch
 
-from mask2former_sim.modeling.losses.boxinst import box_raster
 from mask2former_sim.modeling.sim.memory_bank import (
     MemoryBank,
     decode_masks,
@@ -13,6 +12,7 @@ from mask2former_sim.modeling.sim.memory_bank import (
     paste_instances,
     sample_instances,
 )
+from mask2former_sim.structures.boxes import box_raster
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")  # numpy 2 copy warning
 

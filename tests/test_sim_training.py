@@ -11,10 +11,11 @@ import torch
 from mask2former_sim.config import get_cfg
 from mask2former_sim.modeling import build_model
 from mask2former_sim.modeling.criterion import LossContext
-from mask2former_sim.modeling.losses.boxinst import BoxInstLoss, box_raster
+from mask2former_sim.modeling.losses.boxinst import BoxInstLoss
 from mask2former_sim.modeling.losses.sim import paste_loss_family, pseudo_mask_loss_family, weighted_mask_loss
 from mask2former_sim.modeling.sim.memory_bank import decode_masks
-from mask2former_sim.modeling.targets import TrainingStep
+from mask2former_sim.modeling.targets import MatchedBatch
+from mask2former_sim.structures.boxes import box_raster
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "cpu", "tiny-overfit.yaml")
 
@@ -63,7 +64,7 @@ def _sim_model(cfg):
 
 
 def _capture_sim_results(model):
-    """Record the targets the SIM step returns and its statistics at every training forward."""
+    """Record the targets the SIM part returns and its statistics at every training forward."""
     results = []
     sim = model.supervision.sim
     after_matching = sim.after_matching
@@ -215,7 +216,7 @@ def test_prototypes_are_centroids_of_the_students_features():
     student[:, 0] = 3.0  # every pixel's student feature is (3, 1, 0, ...)
     student[:, 1] = 1.0
     sim = model.supervision.sim
-    sim.after_matching(targets, TrainingStep(images, batch, {**outputs, "mask_features": student}, indices, 0))
+    sim.after_matching(targets, MatchedBatch(images, batch, {**outputs, "mask_features": student}, indices, 0))
     protos = sim.prototypes.prototypes
     expected = torch.nn.functional.normalize(torch.tensor([3.0, 1.0] + [0.0] * (dim - 2)), dim=0)
     torch.testing.assert_close(protos[0, 0], expected)

@@ -238,8 +238,8 @@ def test_large_object_fragments_join_whatever_the_tile_order():
 @pytest.mark.parametrize("out_hw", [(450, 600), (200, 267), (300, 400), (451, 37)])
 def test_masks_resized_over_their_boxes_equal_the_whole_image_resize(out_hw):
     """Resizing each kept mask over its box only gives the masks and boxes of resizing the image-sized masks."""
-    from mask2former_sim.modeling.postprocessing import masks_to_boxes
     from mask2former_sim.modeling.sliding_window import _assemble, _TileInstance
+    from mask2former_sim.structures.boxes import masks_to_boxes
 
     rng = np.random.default_rng(0)
     kept = []

@@ -174,7 +174,7 @@ def stage_patches(trainer: Trainer) -> List[Tuple[Any, str, str]]:
         (torch.autograd, "backward", "backward"),
         (trainer, "_optimizer_step", "optimizer step"),
     ]
-    steps = dict(zip(model.supervision.step_names, model.supervision.steps))
+    steps = dict(zip(model.supervision.part_names, model.supervision.parts))
     if "box_targets" in steps:
         stages.append((steps["box_targets"], "build_targets", "box targets (Lab, affinities)"))
     if "pairwise_schedule" in steps:

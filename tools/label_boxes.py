@@ -36,11 +36,10 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from mask2former_sim.data.coco import check_image_size, read_image, read_json, segmentation_to_rle
-from mask2former_sim.modeling.losses.boxinst import box_raster
+from mask2former_sim.structures.boxes import box_iou, box_raster
 
 logger = logging.getLogger("mask2former_sim.label_boxes")
 

@@ -38,6 +38,7 @@ from mask2former_sim.config import get_cfg
 from mask2former_sim.data import InstanceDatasetMapper, get_dataset_dicts, get_metadata, register_from_config
 from mask2former_sim.engine import load_checkpoint_file, load_model_weights
 from mask2former_sim.modeling import build_model
+from mask2former_sim.modeling.targets import ImageTarget, Targets
 from mask2former_sim.utils.visualizer import class_name, draw_instances_on_image, save_image
 
 logger = logging.getLogger("mask2former_sim.visualize_box_supervision")
@@ -72,7 +73,7 @@ def setup_cfg(args: argparse.Namespace):
 
 def capture_targets(
     model: torch.nn.Module, inputs: List[Dict[str, Any]], iteration: int
-) -> Tuple[Dict[str, Any], List[Dict]]:
+) -> Tuple[Dict[str, Any], Targets]:
     """Run the model's training forward (no gradients) and return the outputs and targets its criterion got."""
     captured: Dict[str, Any] = {}
     criterion_forward = model.criterion.forward
@@ -96,7 +97,7 @@ def capture_targets(
     return captured["outputs"], captured["targets"]
 
 
-def kept_edge_count(target: Dict[str, torch.Tensor], color_thresh: float) -> np.ndarray:
+def kept_edge_count(target: ImageTarget, color_thresh: float) -> np.ndarray:
     """(h, w) int: at each stride-4 pixel inside a GT box, the number of neighbour edges the pairwise term keeps."""
     kept = (target["color_similarity"] >= color_thresh).sum(0)  # (h, w)
     inside = target["box_masks"].amax(0) > 0 if len(target["box_masks"]) else torch.zeros_like(kept, dtype=bool)
@@ -118,7 +119,7 @@ def draw_image(
     k: int,
     inp: Dict[str, Any],
     outputs: Dict[str, Any],
-    target: Dict[str, torch.Tensor],
+    target: ImageTarget,
     indices,
     cfg,
     names: Optional[Sequence[str]],

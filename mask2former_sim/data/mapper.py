@@ -22,6 +22,7 @@ import torch
 
 from ..config.checks import check_test_resize
 from ..modeling.supervision import uses_gt_masks
+from ..structures.boxes import masks_to_boxes
 from .coco import check_image_size, decode_rles, read_image, segmentation_to_rle
 from .transforms import (
     Augmentation,
@@ -34,7 +35,6 @@ from .transforms import (
     TransformList,
     apply_augmentations,
     clip_boxes,
-    masks_to_boxes,
     nonempty_boxes,
 )
 
@@ -121,7 +121,7 @@ class InstanceDatasetMapper:
             reach = nonempty_boxes(clip_boxes(tfm.apply_boxes(near), h, w), self.min_box_size)
             anns, classes = [a for a, r in zip(anns, reach) if r], classes[reach]
             masks = tfm.apply_masks(self._decode_masks(anns, dataset_dict, h0, w0)).astype(bool)
-            boxes = masks_to_boxes(masks)
+            boxes = masks_to_boxes(torch.from_numpy(masks)).numpy()
             keep = nonempty_boxes(boxes, self.min_box_size) & masks.any(axis=(1, 2))
             instances["gt_masks"] = torch.from_numpy(np.ascontiguousarray(masks[keep]))
         else:

@@ -319,17 +319,6 @@ def nonempty_boxes(boxes: np.ndarray, threshold: float = 1e-5) -> np.ndarray:
     return ((boxes[:, 2] - boxes[:, 0]) > threshold) & ((boxes[:, 3] - boxes[:, 1]) > threshold)
 
 
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """Tight XYXY boxes ``(N, 4)`` of bool masks ``(N, H, W)`` (``x1 = last column + 1``); empty → zeros."""
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    for i in range(masks.shape[0]):
-        ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-        if len(ys):
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-    return boxes
-
-
 def gather_masks(masks: np.ndarray, transforms: Sequence[Transform]) -> np.ndarray:
     """Apply a chain of transforms to bool masks ``(N, H, W)`` with one gather at the output size."""
     chain = TransformList(transforms)

@@ -27,7 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.catalog import get_metadata
-from ..modeling.postprocessing import masks_to_boxes
+from ..structures.boxes import masks_to_boxes
 from ..utils import comm
 from .evaluator import format_table
 

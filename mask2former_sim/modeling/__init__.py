@@ -4,7 +4,7 @@ from .criterion import SetCriterion
 from .losses.mask import MaskCost
 from .matcher import HungarianMatcher
 from .meta_arch import MaskFormer
-from .postprocessing import instance_inference, masks_to_boxes
+from .postprocessing import instance_inference
 from .supervision import Supervision, build_criterion, build_supervision
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "MaskCost",
     "SetCriterion",
     "instance_inference",
-    "masks_to_boxes",
 ]
 
 

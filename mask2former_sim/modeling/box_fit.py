@@ -10,9 +10,8 @@ statistics log, and that the pairwise schedule (:mod:`.pairwise_schedule`) watch
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_iou
 
-from .postprocessing import masks_to_boxes
+from ..structures.boxes import box_iou, masks_to_boxes
 
 __all__ = ["mask_box_iou", "mask_box_fill"]
 

@@ -2,14 +2,15 @@
 
 For each head (the final one and the ``aux_outputs``) queries are matched to ground truths by the Hungarian
 matcher, and every loss family of the supervision mode (:func:`~.supervision.build_supervision`) is evaluated
-on the matched pairs. The criterion knows the families only as callables::
+on the matched pairs. A family is a :class:`LossFamily`::
 
     family(head_outputs, targets, indices, context) -> {"loss_x": scalar, ...}
+    family.num_instances(targets) -> int
 
-with ``context`` a :class:`LossContext` (the family's instance count and the training iteration). A family
-normalises over all GT instances of the batch unless it has a ``num_instances(targets) -> int`` method that
-counts the instances it supervises (SIM's pseudo loss: the original instances, Eq. 8; its paste loss: the pasted
-ones, Eq. 9); the counts of every family are all-reduced together, once per step. Auxiliary heads
+with ``context`` a :class:`LossContext` (the family's instance count and the training iteration). Every family
+declares its normaliser with ``num_instances``: all GT instances of the batch (:func:`batch_instances`, Mask2Former's
+``num_masks``) or the instances it supervises (SIM's pseudo loss: the original instances, Eq. 8; its paste loss: the
+pasted ones, Eq. 9); the counts of every family are all-reduced together, once per iteration. Auxiliary heads
 suffix their keys with ``_0`` … ``_{L-2}``. The criterion returns UNWEIGHTED losses; the meta-architecture
 multiplies them by ``weight_dict`` and checks that every emitted key has a weight.
 
@@ -20,7 +21,7 @@ equations, one file each (:mod:`.losses.mask`, :mod:`.losses.boxinst`, :mod:`.lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ from .targets import Indices, Targets
 
 __all__ = [
     "LossContext",
+    "LossFamily",
+    "batch_instances",
     "SetCriterion",
     "ClassificationLoss",
     "expand_weight_dict",
@@ -42,11 +45,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LossContext:
-    """What every loss family of one step may need besides the matched pairs.
+    """What every loss family of one iteration may need besides the matched pairs.
 
     Attributes:
-        num_masks: the instances the family supervises in the batch (all GTs unless the family counts its own),
-            averaged over processes, at least 1 (Mask2Former's normaliser).
+        num_masks: the family's :meth:`LossFamily.num_instances` in the batch, averaged over processes, at least 1
+            (Mask2Former's normaliser).
         iteration: the training iteration (warm-ups and schedules).
     """
 
@@ -54,7 +57,27 @@ class LossContext:
     iteration: int
 
 
-LossFamily = Callable[[Dict[str, torch.Tensor], Targets, Indices, LossContext], Dict[str, torch.Tensor]]
+@runtime_checkable
+class LossFamily(Protocol):
+    """The loss terms of one prediction head's matched pairs, and the instances they are normalised by."""
+
+    def num_instances(self, targets: Targets) -> int:
+        """The family's normaliser on this process: :func:`batch_instances` for a family that supervises every GT,
+        or the instances the family supervises (the criterion averages it over processes into
+        :attr:`LossContext.num_masks`)."""
+        ...
+
+    def __call__(
+        self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
+    ) -> Dict[str, torch.Tensor]:
+        """Unweighted ``{"loss_x": scalar}`` of one head: ``outputs`` holds its ``pred_logits`` (B, Q, K+1) and
+        ``pred_masks`` (B, Q, h, w), ``indices`` its per-image ``(query_idx, gt_idx)``."""
+        ...
+
+
+def batch_instances(targets: Targets) -> int:
+    """All GT instances of the batch on this process: the normaliser of a family that supervises every instance."""
+    return sum(len(t["labels"]) for t in targets)
 
 
 def expand_weight_dict(base: Dict[str, float], num_aux_heads: int) -> Dict[str, float]:
@@ -93,7 +116,8 @@ class ClassificationLoss:
     Unmatched queries target "no object" (index K, weight ``eos_coef``).
     ``L_ce = Σ_q w_{c_q}·(−log softmax(z_q)[c_q]) / Σ_q w_{c_q}``, with the normaliser ``Σ w`` averaged over
     processes, so that DDP's gradient average over P processes equals one process with the whole batch (in one
-    process this is exactly Mask2Former's weighted-mean cross-entropy).
+    process this is exactly Mask2Former's weighted-mean cross-entropy). It reads no instance count: its
+    :meth:`num_instances` (all GTs) is declared for the protocol only.
     """
 
     def __init__(self, *, num_classes: int, eos_coef: float) -> None:
@@ -101,6 +125,10 @@ class ClassificationLoss:
         self.eos_coef = eos_coef
         self.empty_weight = torch.ones(num_classes + 1)
         self.empty_weight[-1] = eos_coef
+
+    def num_instances(self, targets: Targets) -> int:
+        """All GTs (unread: the cross-entropy normalises by its class weights)."""
+        return batch_instances(targets)
 
     def __call__(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
@@ -133,6 +161,12 @@ class SetCriterion(nn.Module):
         names = [name for name, _ in families]
         if len(set(names)) != len(names):
             raise ValueError(f"loss family names must be unique, got {names}")
+        for name, family in families:
+            if not isinstance(family, LossFamily):
+                raise TypeError(
+                    f"loss family {name!r} must be callable and have num_instances(targets) (LossFamily), "
+                    f"found {type(family).__name__}"
+                )
         self.matcher = matcher
         self.families: List[Tuple[str, LossFamily]] = list(families)
         self.weight_dict = dict(weight_dict)
@@ -143,16 +177,15 @@ class SetCriterion(nn.Module):
 
     def family(self, name: str) -> LossFamily:
         """The loss family called ``name``."""
-        for other, fn in self.families:
+        for other, family in self.families:
             if other == name:
-                return fn
+                return family
         raise KeyError(f"no loss family {name!r}; the criterion has {self.family_names}")
 
     def num_masks_per_family(self, targets: Targets, device: torch.device) -> List[float]:
-        """Every family's normaliser: the instances it supervises (``num_instances``, default all GTs) in the
-        batch, averaged over processes (one all-reduce), at least 1."""
-        total = sum(len(t["labels"]) for t in targets)
-        counts = [float(getattr(fn, "num_instances", lambda _: total)(targets)) for _, fn in self.families]
+        """Every family's normaliser: its :meth:`LossFamily.num_instances` in the batch, averaged over processes (one
+        all-reduce), at least 1."""
+        counts = [float(family.num_instances(targets)) for _, family in self.families]
         counts = comm.all_reduce_sum(torch.tensor(counts, device=device)) / comm.get_world_size()
         return counts.clamp_min(1.0).tolist()
 

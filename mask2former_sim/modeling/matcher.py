@@ -10,18 +10,20 @@ and rectangular cases. What the cost *is* comes from the cost object it is given
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .targets import ImageTarget, Indices, Targets
+
 __all__ = ["HungarianMatcher", "sanitize_cost"]
 
 logger = logging.getLogger(__name__)
 
-CostFn = Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]], torch.Tensor]
+CostFn = Callable[[Dict[str, torch.Tensor], ImageTarget], torch.Tensor]
 
 # Replaces NaN and +inf (and, negated, −inf) in a cost matrix. Real costs are O(10); 1e8 stays exact in fp64.
 LARGE_COST = 1e8
@@ -57,7 +59,7 @@ class HungarianMatcher(nn.Module):
         self.large_cost = large_cost
         self._warned_nonfinite = False
 
-    def cost_matrix(self, outputs_b: Dict[str, torch.Tensor], target_b: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def cost_matrix(self, outputs_b: Dict[str, torch.Tensor], target_b: ImageTarget) -> torch.Tensor:
         """(Q, N) finite fp32 cost of one image, computed with autocast off."""
         device_type = outputs_b["pred_logits"].device.type
         with torch.autocast(device_type=device_type, enabled=False):
@@ -80,9 +82,7 @@ class HungarianMatcher(nn.Module):
         return cost
 
     @torch.no_grad()
-    def forward(
-        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
-    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, outputs: Dict[str, torch.Tensor], targets: Targets) -> Indices:
         """Match every image of the batch.
 
         Args:

@@ -7,7 +7,7 @@ Input (detectron2 format), a list of per-image dicts:
 
 Training runs one path in every supervision mode (as Mask2Former's ``MaskFormer.forward``): inputs → features →
 predictions → targets → matching → losses; what a mode adds happens in its :class:`~.supervision.Supervision`
-steps (:mod:`.targets`). It returns the criterion's losses multiplied by ``criterion.weight_dict``; a loss key
+parts (:mod:`.targets`). It returns the criterion's losses multiplied by ``criterion.weight_dict``; a loss key
 without a weight is an error, not a silent drop. Evaluation returns ``[{"instances": {"pred_masks", "pred_boxes",
 "scores", "pred_classes"}}]`` at each image's ("height", "width"), through :mod:`.postprocessing` or, for large
 images, the sliding-window inference of :mod:`.sliding_window`.
@@ -28,7 +28,7 @@ from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 from .postprocessing import instances_at_size, topk_queries
 from .sliding_window import sliding_window_inference
 from .supervision import Supervision, build_criterion, build_supervision
-from .targets import TrainingStep
+from .targets import MatchedBatch
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
 __all__ = ["MaskFormer", "apply_loss_weights"]
@@ -60,7 +60,7 @@ class MaskFormer(nn.Module):
         backbone: images (B, 3, H, W) → {"res2", ..., "res5"}.
         pixel_decoder: has ``forward_features(features) -> (mask_features, _, multi_scale_features)``.
         transformer_decoder: ``(multi_scale_features, mask_features) -> outputs`` with ``aux_outputs``.
-        supervision: the mode's :class:`~.supervision.Supervision` (its steps and their state); None for a model
+        supervision: the mode's :class:`~.supervision.Supervision` (its parts and their state); None for a model
             built for inference only (no teacher, bank or prototypes; a training forward is then an error).
         criterion: a :class:`~.criterion.SetCriterion` (unweighted losses, a ``weight_dict``); None with
             ``supervision``.
@@ -190,7 +190,7 @@ class MaskFormer(nn.Module):
         targets = self.supervision.build_targets(batched_inputs, padded_size, self.device, self.num_classes, iteration)
         indices = self.criterion.match(outputs, targets)
         targets = self.supervision.after_matching(
-            targets, TrainingStep(images, batched_inputs, outputs, indices, iteration)
+            targets, MatchedBatch(images, batched_inputs, outputs, indices, iteration)
         )
         losses = self.criterion(outputs, targets, indices, iteration)
         return apply_loss_weights(losses, self.criterion.weight_dict)

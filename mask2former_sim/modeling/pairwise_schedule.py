@@ -1,11 +1,12 @@
 """When BoxInst's pairwise term acts (``MODEL.BOXINST.PAIRWISE``): a fixed start, or a start that follows the model.
 
 The pairwise term pulls every cell of a kept colour edge towards the side of 0.5 it is on; started before the
-projection term has formed Mask2Former's masks it empties them into outlines (docs/experiments/pairwise_term_collapse.md). BoxInst starts
-it at iteration 0 with a 10k-iteration warm-up, which suits CondInst's masks (blobs from the start) but not
-Mask2Former's (noise at the start). A fixed start found on a short run does not transfer to a long one, so
-:class:`PairwiseSchedule` can instead start the warm-up once the matched masks have formed: when the running mean of
-the box IoU of the final head's matched masks (:func:`~.box_fit.mask_box_iou`) reaches ``START_BOX_IOU``.
+projection term has formed Mask2Former's masks it empties them into outlines
+(docs/experiments/pairwise_term_collapse.md). BoxInst starts it at iteration 0 with a 10k-iteration warm-up, which
+suits CondInst's masks (blobs from the start) but not Mask2Former's (noise at the start). A fixed start found on a
+short run does not transfer to a long one, so :class:`PairwiseSchedule` can instead start the warm-up once the
+matched masks have formed: when the running mean of the box IoU of the final head's matched masks
+(:func:`~.box_fit.mask_box_iou`) reaches ``START_BOX_IOU``.
 
 Its state (the iteration the warm-up started at, the running mean) lives in buffers, so checkpoints carry it and
 ``--resume`` continues exactly.
@@ -21,7 +22,7 @@ import torch
 from ..utils import comm
 from .box_fit import mask_box_fill, mask_box_iou
 from .criterion import matched_logits, matched_rows, prediction_heads
-from .targets import SupervisionStep, Targets, TrainingStep
+from .targets import MatchedBatch, SupervisionPart, Targets
 
 __all__ = ["pairwise_warmup_factor", "PairwiseSchedule"]
 
@@ -40,8 +41,8 @@ def pairwise_warmup_factor(iteration: int, warmup_iters: int, start_iter: int = 
     return min(float(iteration - start_iter) / float(warmup_iters), 1.0)
 
 
-class PairwiseSchedule(SupervisionStep):
-    """The pairwise term's weight factor at each iteration, and the matched masks' fit to their boxes (a step of
+class PairwiseSchedule(SupervisionPart):
+    """The pairwise term's weight factor at each iteration, and the matched masks' fit to their boxes (a part of
     box and SIM supervision: after the matching it measures the final head's matched masks).
 
     Args:
@@ -154,15 +155,15 @@ class PairwiseSchedule(SupervisionStep):
         stats["pairwise/factor"] = self.factor(iteration)
         return stats
 
-    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
+    def after_matching(self, targets: Targets, batch: MatchedBatch) -> Targets:
         """Observe the final head's matched masks (targets unchanged): when statistics are due, or while an adaptive
         start waits for its box IoU."""
         if not self.statistics_due and not (self.adaptive and self.warmup_start() is None):
             self._statistics = {}
             return targets
-        final, indices = prediction_heads(step.outputs)[0][1], step.indices[0]
+        final, indices = prediction_heads(batch.outputs)[0][1], batch.indices[0]
         self._statistics = self.observe(
-            step.iteration,
+            batch.iteration,
             matched_logits(final["pred_masks"], indices),
             matched_rows(targets, indices, "boxes"),
             matched_rows(targets, indices, "box_masks"),

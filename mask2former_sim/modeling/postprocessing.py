@@ -3,7 +3,7 @@
 Order (Mask2Former's ``instance_inference``, with boxes from masks): top-k over queries × classes, then the
 selected mask logits are brought to the output resolution (upsampled to the padded input size, cropped to the
 image size, resized to the requested output size), binarised at logit 0, scored by the mean foreground
-probability inside the binary mask, and boxed tightly.
+probability inside the binary mask, and boxed tightly (:func:`~..structures.boxes.masks_to_boxes`).
 
 On the CPU each mask is resized only over its window (:func:`instances_at_size`): bilinear resizing is a convex
 combination of input cells per output pixel, so an output pixel can be foreground (logit > 0) only where the
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..structures.boxes import masks_to_boxes
+
 __all__ = [
     "topk_queries",
     "resize_mask_logits",
-    "masks_to_boxes",
     "masks_to_instances",
     "instances_at_size",
     "instance_inference",
@@ -74,35 +75,6 @@ def resize_mask_logits(
     if tuple(x.shape[-2:]) != tuple(output_size):
         x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False)
     return x[:, 0]
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight XYXY boxes of binary masks; an empty mask gets (0, 0, 0, 0).
-
-    x1, y1 = the first foreground column/row, x2, y2 = the last foreground column/row + 1 (detectron2's
-    ``BitMasks.get_bounding_boxes``), so a box covers every foreground pixel's square.
-
-    Args:
-        masks: (N, H, W) bool.
-
-    Returns:
-        (N, 4) float32.
-    """
-    boxes = torch.zeros(masks.shape[0], 4, dtype=torch.float32, device=masks.device)
-    if masks.numel() == 0:
-        return boxes
-    height, width = masks.shape[-2:]
-    any_x = masks.any(dim=1)  # (N, W)
-    any_y = masks.any(dim=2)  # (N, H)
-    xs = torch.arange(width, device=masks.device)
-    ys = torch.arange(height, device=masks.device)
-    nonempty = any_x.any(dim=1)
-    x1 = torch.where(any_x, xs, width).amin(dim=1)
-    x2 = torch.where(any_x, xs, -1).amax(dim=1) + 1
-    y1 = torch.where(any_y, ys, height).amin(dim=1)
-    y2 = torch.where(any_y, ys, -1).amax(dim=1) + 1
-    stacked = torch.stack([x1, y1, x2, y2], dim=1).float()
-    return torch.where(nonempty[:, None], stacked, boxes)
 
 
 def bilinear_weights(in_size: int, out_size: int) -> torch.Tensor:

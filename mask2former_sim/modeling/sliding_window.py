@@ -253,7 +253,7 @@ def sliding_window_inference(
 def _tight_box(mask: np.ndarray) -> Tuple[int, int, int, int]:
     """x1, y1, x2, y2 (exclusive ends) of a bool mask's foreground; (0, 0, 0, 0) when it is empty.
 
-    :func:`.postprocessing.masks_to_boxes` for one small numpy mask (the tensor version's per-call cost is larger
+    :func:`~..structures.boxes.masks_to_boxes` for one small numpy mask (the tensor version's per-call cost is larger
     than the mask's, once per pasted instance)."""
     rows, cols = mask.any(1), mask.any(0)
     if not rows.any():

@@ -1,16 +1,16 @@
 """The one place that decides what a supervision mode (``MODEL.MASK_FORMER.SUPERVISION``) trains with.
 
 ========  ==========================================  ============================================  ==================
-mode      matching cost                               loss families (keys)                          steps
+mode      matching cost                               loss families (keys)                          parts
 ========  ==========================================  ============================================  ==================
 ``mask``  class + point-sampled BCE + dice            labels (ce), masks (mask, dice)               GT masks
 ``box``   class + projection dice                     labels, boxinst (proj, pairwise)              box targets,
                                                                                                     pairwise schedule
-``sim``   class + projection dice                     labels, boxinst, pseudo, paste                the box steps, SIM
+``sim``   class + projection dice                     labels, boxinst, pseudo, paste                the box parts, SIM
 ========  ==========================================  ============================================  ==================
 
 :func:`build_supervision` returns a :class:`Supervision`: the matching cost, the ordered loss families and their
-weights, and the mode's :class:`~.targets.SupervisionStep` objects, which the meta-architecture runs at fixed points
+weights, and the mode's :class:`~.targets.SupervisionPart` objects, which the meta-architecture runs at fixed points
 of its one training path (:mod:`.targets`). The criterion, the matcher and the meta-architecture never branch on
 the mode; the data mapper asks :func:`uses_gt_masks`. A new mode is one more entry here, with its own files.
 """
@@ -30,7 +30,7 @@ from .losses.sim import paste_loss_family, pseudo_mask_loss_family
 from .matcher import CostFn, HungarianMatcher
 from .pairwise_schedule import PairwiseSchedule
 from .sim.supervisor import SIMSupervisor
-from .targets import SupervisionStep, Targets, TrainingStep, image_targets
+from .targets import MatchedBatch, SupervisionPart, Targets, image_targets
 
 __all__ = ["SUPERVISION_MODES", "Supervision", "uses_gt_masks", "build_supervision", "build_criterion"]
 
@@ -47,7 +47,7 @@ class Supervision(nn.Module):
         matching_cost: the Hungarian matcher's per-image cost ``(outputs_b, target_b) -> (Q, N)``.
         families: ``(name, family)`` loss families, evaluated in this order at every head.
         base_weights: the weight of every loss key of one head (copied to the auxiliary heads).
-        steps: the mode's steps by name, run in this order (they become submodules: their state is checkpointed).
+        parts: the mode's parts by name, run in this order (they become submodules: their state is checkpointed).
     """
 
     def __init__(
@@ -57,25 +57,25 @@ class Supervision(nn.Module):
         matching_cost: CostFn,
         families: Sequence[Tuple[str, LossFamily]],
         base_weights: Dict[str, float],
-        steps: Dict[str, SupervisionStep],
+        parts: Dict[str, SupervisionPart],
     ) -> None:
         super().__init__()
         self.mode = mode
         self.matching_cost = matching_cost
         self.families = list(families)
         self.base_weights = dict(base_weights)
-        self.step_names = list(steps)
-        for name, step in steps.items():
-            self.add_module(name, step)
+        self.part_names = list(parts)
+        for name, part in parts.items():
+            self.add_module(name, part)
 
     @property
-    def steps(self) -> List[SupervisionStep]:
-        return [getattr(self, name) for name in self.step_names]
+    def parts(self) -> List[SupervisionPart]:
+        return [getattr(self, name) for name in self.part_names]
 
     def prepare_inputs(self, batched_inputs: List[Dict[str, Any]], iteration: int) -> List[Dict[str, Any]]:
         """The inputs the network sees (e.g. with SIM's pastes)."""
-        for step in self.steps:
-            batched_inputs = step.prepare_inputs(batched_inputs, iteration)
+        for part in self.parts:
+            batched_inputs = part.prepare_inputs(batched_inputs, iteration)
         return batched_inputs
 
     def build_targets(
@@ -86,32 +86,32 @@ class Supervision(nn.Module):
         num_classes: int,
         iteration: int,
     ) -> Targets:
-        """:func:`~.targets.image_targets`, then every step's targets in order."""
+        """:func:`~.targets.image_targets`, then every part's targets in order."""
         targets = image_targets(batched_inputs, padded_size, device, num_classes)
-        for step in self.steps:
-            targets = step.build_targets(targets, batched_inputs, iteration)
+        for part in self.parts:
+            targets = part.build_targets(targets, batched_inputs, iteration)
         return targets
 
-    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
-        """Every step's work once the queries are matched (e.g. SIM's pseudo masks)."""
-        for supervision_step in self.steps:
-            targets = supervision_step.after_matching(targets, step)
+    def after_matching(self, targets: Targets, batch: MatchedBatch) -> Targets:
+        """Every part's work once the queries are matched (e.g. SIM's pseudo masks)."""
+        for part in self.parts:
+            targets = part.after_matching(targets, batch)
         return targets
 
     def hooks(self, model: nn.Module) -> List[Any]:
-        """The trainer hooks of every step, in order (the engine asks the mode; it never tests types)."""
-        return [hook for step in self.steps for hook in step.hooks(model)]
+        """The trainer hooks of every part, in order (the engine asks the mode; it never tests types)."""
+        return [hook for part in self.parts for hook in part.hooks(model)]
 
     def set_statistics_due(self, due: bool) -> None:
-        """Whether the next training forward measures the steps' statistics (the trainer: on logging iterations)."""
-        for step in self.steps:
-            step.statistics_due = bool(due)
+        """Whether the next training forward measures the parts' statistics (the trainer: on logging iterations)."""
+        for part in self.parts:
+            part.statistics_due = bool(due)
 
     def statistics(self) -> Dict[str, float]:
-        """The steps' scalars of the last training forward."""
+        """The parts' scalars of the last training forward."""
         merged: Dict[str, float] = {}
-        for step in self.steps:
-            merged.update(step.statistics())
+        for part in self.parts:
+            merged.update(part.statistics())
         return merged
 
     def extra_repr(self) -> str:
@@ -151,18 +151,18 @@ def build_supervision(
             matching_cost=MaskCost.from_config(cfg),
             families=families,
             base_weights=weights,
-            steps={"mask_targets": MaskTargets()},
+            parts={"mask_targets": MaskTargets()},
         )
     schedule = PairwiseSchedule.from_config(cfg)
     families.append(("boxinst", BoxInstLoss.from_config(cfg, schedule)))
     weights.update(loss_proj=bi.PROJECTION_WEIGHT, loss_pairwise=bi.PAIRWISE_WEIGHT)
-    steps: Dict[str, SupervisionStep] = {"box_targets": BoxTargets.from_config(cfg), "pairwise_schedule": schedule}
+    parts: Dict[str, SupervisionPart] = {"box_targets": BoxTargets.from_config(cfg), "pairwise_schedule": schedule}
     if mode == "sim":
         if backbone is None or pixel_decoder is None or transformer_decoder is None:
             raise ValueError("SIM supervision needs the networks its teacher copies (backbone, decoders)")
         families += [("pseudo", pseudo_mask_loss_family()), ("paste", paste_loss_family())]
         weights.update(loss_pseudo=cfg.MODEL.SIM.PSEUDO_WEIGHT, loss_paste=cfg.MODEL.SIM.PASTE_WEIGHT)
-        steps["sim"] = SIMSupervisor.from_config(cfg, backbone, pixel_decoder, transformer_decoder, schedule)
+        parts["sim"] = SIMSupervisor.from_config(cfg, backbone, pixel_decoder, transformer_decoder, schedule)
         warmup_end = bi.PAIRWISE.START_ITER + max(bi.PAIRWISE.WARMUP_ITERS, 0)
         if bi.PAIRWISE_WEIGHT > 0 and not schedule.adaptive and cfg.MODEL.SIM.START_ITER < warmup_end:
             logger.warning(
@@ -176,7 +176,7 @@ def build_supervision(
         matching_cost=BoxProjectionCost.from_config(cfg),
         families=families,
         base_weights=weights,
-        steps=steps,
+        parts=parts,
     )
 
 

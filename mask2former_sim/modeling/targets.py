@@ -1,13 +1,14 @@
-"""Training targets: the per-image dicts the loss families read, and the steps of a supervision mode.
+"""Training targets: the per-image dict the loss families read (:class:`ImageTarget`), and the parts of a
+supervision mode that build it.
 
 Every mode's training forward (:meth:`~.meta_arch.MaskFormer.forward`) is the same path; what differs lives in the
-mode's :class:`SupervisionStep` objects, listed per mode in :mod:`.supervision`:
+mode's :class:`SupervisionPart` objects, listed per mode in :mod:`.supervision`:
 
 1. ``prepare_inputs`` — before the network (SIM: paste bank instances onto the images);
 2. ``build_targets`` — after :func:`image_targets` (``labels``, ``boxes``, ``padding_mask``), in the mode's order
    (mask: the GT masks; box: box masks and colour similarities; SIM: also the paste targets);
-3. ``after_matching`` — once the student's queries are matched at every head (the pairwise schedule watches the
-   matched masks; SIM: the teacher pass, the pseudo masks, the bank and the prototypes).
+3. ``after_matching`` — once the student's queries are matched at every head (a :class:`MatchedBatch`; the pairwise
+   schedule watches the matched masks; SIM: the teacher pass, the pseudo masks, the bank and the prototypes).
 
 Targets are built and returned, never changed in place.
 """
@@ -15,20 +16,67 @@ Targets are built and returned, never changed in place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, TypedDict
 
 import torch
 from torch import nn
 
-__all__ = ["Targets", "Indices", "TrainingStep", "SupervisionStep", "image_targets"]
+__all__ = ["ImageTarget", "Targets", "Indices", "MatchedBatch", "SupervisionPart", "image_targets"]
 
-Targets = List[Dict[str, torch.Tensor]]
+
+class ImageTarget(TypedDict, total=False):
+    """The targets of one training image (a plain dict at run time). N is the image's instance count (pasted ones
+    included), Hp × Wp the padded input size of the batch, s the mask stride (``MODEL.BOXINST.MASK_STRIDE``); rows
+    follow the order of ``labels``.
+
+    Attributes:
+        labels: int64 (N,), the class of each instance in [0, K). :func:`image_targets`, every mode.
+        boxes: float32 (N, 4), XYXY in input pixels (pasted instances: the tight box of their pasted pixels).
+            :func:`image_targets`, every mode.
+        padding_mask: bool (Hp, Wp), True on padding (the mapper's and the batch's). :func:`image_targets`, every
+            mode.
+        masks: bool (N, Hp, Wp), the GT masks at the padded input size. :class:`~.losses.mask.MaskTargets`, mode
+            ``mask``.
+        box_masks: float32 (N, Hp/s, Wp/s) in {0, 1}, each box's raster sampled at the mask stride
+            (:func:`~..structures.boxes.boxes_to_stride_masks`). :class:`~.losses.boxinst.BoxTargets`, modes ``box``
+            and ``sim``; in ``sim`` :func:`~.losses.sim.paste_targets` removes the pasted pixels from the original
+            instances' rows (a box minus its occluder).
+        color_similarity: float32 (k²−1, Hp/s, Wp/s) in [0, 1], the colour similarity of each mask-stride pixel with
+            its k×k dilated neighbours (BoxInst Eq. 3; 0 on padding and the removed bottom rows).
+            :class:`~.losses.boxinst.BoxTargets`, modes ``box`` and ``sim``.
+        pasted: bool (N,), True for the instances pasted onto the image by SIM's copy-paste (the last ones).
+            :func:`~.losses.sim.paste_targets`, mode ``sim``.
+        paste_masks: float32 (N, Hp/s, Wp/s) in {0, 1}, a pasted instance's bank mask M̂' sampled at the mask stride
+            (zero rows for the original instances). :func:`~.losses.sim.paste_targets`, mode ``sim``.
+        paste_weights: float32 (N, Hp/s, Wp/s), 1 on real image pixels, 0 on padding.
+            :func:`~.losses.sim.paste_targets`, mode ``sim``.
+        pseudo_labels: float32 (N, Hp/s, Wp/s) in {0, 1}, the pseudo mask M̂ of Eq. 8 (zero rows for pasted
+            instances). :func:`~.losses.sim.with_pseudo_masks` in :class:`~.sim.supervisor.SIMSupervisor`'s
+            ``after_matching``, mode ``sim``, once SIM has started.
+        pseudo_weights: float32 (N, Hp/s, Wp/s) in {0, 1}, the weight map W of Eq. 8 (0 on the ignored band and on
+            padding). Set with ``pseudo_labels``.
+    """
+
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    padding_mask: torch.Tensor
+    masks: torch.Tensor
+    box_masks: torch.Tensor
+    color_similarity: torch.Tensor
+    pasted: torch.Tensor
+    paste_masks: torch.Tensor
+    paste_weights: torch.Tensor
+    pseudo_labels: torch.Tensor
+    pseudo_weights: torch.Tensor
+
+
+Targets = List[ImageTarget]
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
-class TrainingStep:
-    """What a step's ``after_matching`` may read of the current training iteration.
+class MatchedBatch:
+    """What ``after_matching`` may read of the current training iteration, once the queries are matched.
 
     Attributes:
         images: (B, 3, Hp, Wp) normalised, padded network input.
@@ -45,10 +93,10 @@ class TrainingStep:
     iteration: int
 
 
-class SupervisionStep(nn.Module):
+class SupervisionPart(nn.Module):
     """One part of a supervision mode's training forward; every method defaults to doing nothing.
 
-    A step is a module so that its state (the pairwise schedule's start, SIM's teacher and prototypes) is saved
+    A part is a module so that its state (the pairwise schedule's start, SIM's teacher and prototypes) is saved
     in checkpoints with the model. ``statistics_due`` says whether the scalars of :meth:`statistics` are wanted
     this iteration (measuring them waits for the device; the trainer wants them on logging iterations only).
     """
@@ -60,10 +108,10 @@ class SupervisionStep(nn.Module):
         return batched_inputs
 
     def build_targets(self, targets: Targets, batched_inputs: Sequence[Dict[str, Any]], iteration: int) -> Targets:
-        """``targets`` with what this step's loss families read added."""
+        """``targets`` with what this part's loss families read added."""
         return targets
 
-    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
+    def after_matching(self, targets: Targets, batch: MatchedBatch) -> Targets:
         """``targets`` once the queries are matched (e.g. with pseudo masks added)."""
         return targets
 
@@ -73,7 +121,7 @@ class SupervisionStep(nn.Module):
         return {}
 
     def hooks(self, model: nn.Module) -> List[Any]:
-        """Trainer hooks this step needs around the optimizer steps of ``model`` (``before_train``,
+        """Trainer hooks this part needs around the optimizer steps of ``model`` (``before_train``,
         ``before_step``, ``after_step``, ``after_train``; e.g. SIM's EMA teacher update)."""
         return []
 
@@ -90,11 +138,10 @@ def image_targets(
         num_classes: K; labels outside ``[0, K)`` are an error naming the input.
 
     Returns:
-        dicts with ``labels`` int64 (N,), ``boxes`` float (N, 4) XYXY input pixels and ``padding_mask`` bool (Hp, Wp)
-        (True = padding, from the mapper's mask and the batch padding).
+        :class:`ImageTarget` dicts with ``labels``, ``boxes`` and ``padding_mask``.
     """
     hp, wp = padded_size
-    targets = []
+    targets: Targets = []
     for i, x in enumerate(batched_inputs):
         if "instances" not in x:
             raise KeyError(f"training input {i} has no 'instances' (keys: {sorted(x)})")

@@ -1,19 +1,18 @@
 """BoxInst-M2F: BoxInst's low-level box losses (Tian et al., CVPR 2021) on Mask2Former's stride-4 masks, the box
-matching cost, the ``"boxinst"`` loss family and the step that builds its targets.
+matching cost, the ``"boxinst"`` loss family and the supervision part that builds its targets.
 
 The terms are pure functions on tensors, checked against hand computations:
 
 - :func:`rgb_to_lab` — sRGB → CIE Lab (D65), vectorised in torch (BoxInst calls skimage per image on the CPU).
 - :func:`images_color_similarity` — ``exp(−‖Lab_i − Lab_j‖₂ / θ)`` for the 8 neighbours of a 3×3 kernel with
   dilation 2 on the 4×-average-pooled image.
-- :func:`pixels_in_boxes`, :func:`box_raster` — which pixels a box covers (one rule for every box mask);
-- :func:`boxes_to_stride_masks` — GT boxes rasterised at input resolution and sampled at the mask stride.
 - :func:`compute_project_term` — ``dice(max_y m, max_y B) + dice(max_x m, max_x B)``.
 - :func:`compute_pairwise_term` — ``−log(p_i p_j + (1−p_i)(1−p_j))`` in log-space on the kept edges.
 
 and the pieces of the mode: :class:`BoxProjectionCost` (matching without masks), :class:`BoxInstLoss`
 (``loss_proj``, ``loss_pairwise`` of the matched queries, the pairwise term weighted by the
-:class:`~..pairwise_schedule.PairwiseSchedule`) and :class:`BoxTargets` (box masks and colour similarities).
+:class:`~..pairwise_schedule.PairwiseSchedule`) and :class:`BoxTargets` (box masks, the box raster of
+:func:`~...structures.boxes.boxes_to_stride_masks`, and colour similarities).
 """
 
 from __future__ import annotations
@@ -23,18 +22,16 @@ from typing import Any, Dict, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..criterion import LossContext, matched_logits, matched_rows
+from ...structures.boxes import boxes_to_stride_masks
+from ..criterion import LossContext, batch_instances, matched_logits, matched_rows
 from ..image_list import place
 from ..pairwise_schedule import PairwiseSchedule
-from ..targets import Indices, SupervisionStep, Targets
+from ..targets import ImageTarget, Indices, SupervisionPart, Targets
 
 __all__ = [
     "rgb_to_lab",
     "unfold_wo_center",
     "images_color_similarity",
-    "pixels_in_boxes",
-    "box_raster",
-    "boxes_to_stride_masks",
     "dice_coefficient",
     "compute_project_term",
     "pairwise_log_same_prob",
@@ -118,47 +115,6 @@ def images_color_similarity(
     similarity = torch.exp(-distance / theta)
     neighbour_valid = unfold_wo_center(valid_small, kernel_size, dilation)[:, 0]
     return similarity * neighbour_valid * valid_small
-
-
-def pixels_in_boxes(boxes: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """Which pixels (y, x) of the grid ``ys`` × ``xs`` (integer pixel indices) lie in each box.
-
-    Boxes are continuous XYXY coordinates (COCO): pixel ``x`` covers ``[x, x + 1)`` and belongs to the box when it
-    overlaps it, ``⌊x1⌋ ≤ x < max(⌈x2⌉, ⌊x1⌋ + 1)`` (same in y; a zero-width box keeps one pixel). The tight box of a
-    binary mask (:func:`~..postprocessing.masks_to_boxes`, x2 = last pixel + 1) therefore covers exactly the mask's
-    pixel extent. BoxInst fills ``[int(x1) : int(x2) + 1]``, one pixel more wherever x2 is an integer.
-
-    Args:
-        boxes: (N, 4) XYXY; ys: (H',) and xs: (W',) pixel indices.
-    Returns:
-        (N, H', W') bool.
-    """
-    boxes = boxes.float()
-    lo = boxes.floor()
-    hi = torch.maximum(boxes.ceil(), lo.roll(2, dims=1) + 1)  # x2 ≥ ⌊x1⌋ + 1, y2 ≥ ⌊y1⌋ + 1
-    ys, xs = ys.to(boxes), xs.to(boxes)
-    in_y = (ys[None] >= lo[:, 1:2]) & (ys[None] < hi[:, 3:4])
-    in_x = (xs[None] >= lo[:, 0:1]) & (xs[None] < hi[:, 2:3])
-    return in_y[:, :, None] & in_x[:, None, :]
-
-
-def box_raster(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(N, height, width) bool: every pixel of the image grid that lies in each box (:func:`pixels_in_boxes`)."""
-    return pixels_in_boxes(boxes, torch.arange(height), torch.arange(width))
-
-
-def boxes_to_stride_masks(boxes: torch.Tensor, height: int, width: int, stride: int = 4) -> torch.Tensor:
-    """GT box masks at the mask stride: :func:`box_raster` sampled at pixels ``stride·i + stride // 2``.
-
-    Args:
-        boxes: (N, 4) XYXY in input pixels.
-        height, width: padded input size (divisible by ``stride``).
-    Returns:
-        (N, height // stride, width // stride) float masks in {0, 1}.
-    """
-    ys = torch.arange(height // stride, device=boxes.device) * stride + stride // 2
-    xs = torch.arange(width // stride, device=boxes.device) * stride + stride // 2
-    return pixels_in_boxes(boxes, ys, xs).float()
 
 
 def dice_coefficient(x: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -273,7 +229,7 @@ class BoxProjectionCost:
         bi = cfg.MODEL.BOXINST
         return cls(cost_class=bi.MATCHER.COST_CLASS, cost_projection=bi.MATCHER.COST_PROJECTION)
 
-    def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: ImageTarget) -> torch.Tensor:
         """Args: ``pred_logits`` (Q, K+1), ``pred_masks`` (Q, h, w); target ``labels``, ``box_masks`` (N, h, w).
         Returns the (Q, N) fp32 cost."""
         cost = -self.cost_class * outputs_b["pred_logits"].float().softmax(-1)[:, target_b["labels"]]
@@ -301,6 +257,10 @@ class BoxInstLoss:
     def from_config(cls, cfg, schedule: PairwiseSchedule) -> "BoxInstLoss":
         pw = cfg.MODEL.BOXINST.PAIRWISE
         return cls(color_thresh=pw.COLOR_THRESH, kernel_size=pw.SIZE, dilation=pw.DILATION, schedule=schedule)
+
+    def num_instances(self, targets: Targets) -> int:
+        """All GTs, pasted ones included (``loss_proj``'s ``num_masks``; ``loss_pairwise`` averages over its edges)."""
+        return batch_instances(targets)
 
     def __call__(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
@@ -336,7 +296,7 @@ def _remove_bottom_rows(valid: torch.Tensor, rows: int) -> torch.Tensor:
     return valid
 
 
-class BoxTargets(SupervisionStep):
+class BoxTargets(SupervisionPart):
     """The targets of the box terms: ``box_masks`` (N, Hp/s, Wp/s) and ``color_similarity`` (k²−1, Hp/s, Wp/s).
 
     The colour similarity is computed once per batch, on the un-normalised images padded like the network input,
@@ -378,12 +338,16 @@ class BoxTargets(SupervisionStep):
         raw_images = torch.stack([place(x["image"].to(device).float(), hp, wp, 0) for x in batched_inputs])
         valid = ~torch.stack([t["padding_mask"] for t in targets])
         valid = _remove_bottom_rows(valid, self.bottom_pixels_removed)
-        similarity = images_color_similarity(
+        similarities = images_color_similarity(
             raw_images, valid, self.stride, self.kernel_size, self.dilation, self.theta
         )
         return [
-            {**t, "box_masks": boxes_to_stride_masks(t["boxes"], hp, wp, self.stride), "color_similarity": sim}
-            for t, sim in zip(targets, similarity)
+            {
+                **t,
+                "box_masks": boxes_to_stride_masks(t["boxes"], hp, wp, self.stride),
+                "color_similarity": color_similarity,
+            }
+            for t, color_similarity in zip(targets, similarities)
         ]
 
     def extra_repr(self) -> str:

@@ -4,7 +4,7 @@ and the one weighted BCE / dice that SIM's losses (Eq. 8, 9) reuse.
 - :func:`sigmoid_ce_loss`, :func:`dice_loss` — per-mask BCE and dice (optionally pixel-weighted);
 - :class:`MaskCost` — the matching cost ``w_cls·(−p_cls) + w_mask·BCE + w_dice·dice`` on shared random points;
 - :class:`PointSampledMaskLoss` — the ``"masks"`` loss family (``loss_mask``, ``loss_dice``);
-- :class:`MaskTargets` — the step that puts the GT masks into the targets.
+- :class:`MaskTargets` — the supervision part that puts the GT masks into the targets.
 
 Masks are compared at ``P`` points instead of every pixel. A point ``(x, y)`` lies in ``[0, 1]^2`` relative to
 the mask's extent, so a stride-4 prediction and a full-resolution ground truth are sampled at the same place
@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..criterion import LossContext, matched_logits, matched_rows
-from ..targets import Indices, SupervisionStep, Targets
+from ..criterion import LossContext, batch_instances, matched_logits, matched_rows
+from ..targets import ImageTarget, Indices, SupervisionPart, Targets
 
 __all__ = [
     "point_sample",
@@ -247,7 +247,7 @@ class MaskCost:
         """(1, P, 2) uniform points shared by all predictions and GTs of one image (replaceable in tests)."""
         return torch.rand(1, self.num_points, 2, device=device, generator=self.generator)
 
-    def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, outputs_b: Dict[str, torch.Tensor], target_b: ImageTarget) -> torch.Tensor:
         """Cost of one image.
 
         Args:
@@ -326,6 +326,10 @@ class PointSampledMaskLoss:
             generator=self.generator,
         )
 
+    def num_instances(self, targets: Targets) -> int:
+        """All GTs of the batch (Mask2Former's ``num_masks``)."""
+        return batch_instances(targets)
+
     def __call__(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext
     ) -> Dict[str, torch.Tensor]:
@@ -346,8 +350,8 @@ class PointSampledMaskLoss:
         }
 
 
-class MaskTargets(SupervisionStep):
-    """The step of mask supervision: the GT masks ``masks`` (N, Hp, Wp) bool at the padded input size."""
+class MaskTargets(SupervisionPart):
+    """The part of mask supervision: the GT masks ``masks`` (N, Hp, Wp) bool at the padded input size."""
 
     def build_targets(self, targets: Targets, batched_inputs: Sequence[Dict[str, Any]], iteration: int) -> Targets:
         out = []

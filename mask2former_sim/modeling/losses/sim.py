@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..criterion import LossContext, matched_logits, matched_rows
+from ..criterion import LossContext, batch_instances, matched_logits, matched_rows
 from ..image_list import place
 from ..targets import Indices, Targets
 from .mask import dice_loss, sigmoid_ce_loss
@@ -58,7 +58,7 @@ def weighted_mask_loss(
     return sigmoid_ce_loss(logits, labels, num_masks, weights) + dice_loss(logits, labels, num_masks, weights)
 
 
-def select_pasted(indices: Indices, targets: Sequence[Dict[str, torch.Tensor]], pasted: bool) -> Indices:
+def select_pasted(indices: Indices, targets: Targets, pasted: bool) -> Indices:
     """The matches whose GT is (``pasted=True``) or is not (``False``) a pasted instance."""
     out = []
     for (src, tgt), t in zip(indices, targets):
@@ -87,11 +87,11 @@ class MaskTargetLoss:
         self.pasted = pasted
 
     def num_instances(self, targets: Targets) -> int:
-        """The normaliser's count: the batch's pasted (``pasted=True``) or original instances (Eq. 8 divides
-        by the positives, Eq. 9 sums over the pasted instances)."""
+        """Its own count, not the batch's: the pasted (``pasted=True``) or the original instances (Eq. 8 divides
+        by the positives, Eq. 9 sums over the pasted instances); an image without ``pasted`` has originals only."""
         flags = [t.get("pasted") for t in targets]
         pasted = sum(int(f.sum()) for f in flags if f is not None)
-        return pasted if self.pasted else sum(len(t["labels"]) for t in targets) - pasted
+        return pasted if self.pasted else batch_instances(targets) - pasted
 
     def __call__(
         self, outputs: Dict[str, torch.Tensor], targets: Targets, indices: Indices, context: LossContext

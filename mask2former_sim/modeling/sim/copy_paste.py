@@ -14,7 +14,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..losses.boxinst import box_raster
+from ...structures.boxes import box_raster
+from ..targets import ImageTarget
 from .memory_bank import MemoryBank, num_instances_to_paste, paste_instances, sample_instances
 from .pseudo_masks import full_resolution_pseudo_masks, mask_score
 
@@ -68,7 +69,7 @@ class CopyPaste:
         """With probability ``prob`` per image, paste instances of a random bank entry (new dicts; inputs kept).
 
         A pasted input's ``instances`` gain ``pasted`` (N,) flags, ``paste_masks`` (P, H, W) and
-        ``paste_occlusion`` (H, W) (read by :func:`~..targets.paste_targets`).
+        ``paste_occlusion`` (H, W) (read by :func:`~..losses.sim.paste_targets`).
         """
         if len(self.bank) == 0:
             return batched_inputs
@@ -96,7 +97,7 @@ class CopyPaste:
             out.append({**x, "image": pasted["image"], "instances": new_inst})
         return out
 
-    def push(self, x: Dict[str, Any], target: Dict[str, torch.Tensor], res: Dict[str, Any]) -> None:
+    def push(self, x: Dict[str, Any], target: ImageTarget, res: Dict[str, Any]) -> None:
         """Store input ``x`` with its instances that have pseudo foreground: their pseudo masks at input resolution
         (inside the box raster, minus pasted occluders and padding) and their scores (Eq. 11).
 

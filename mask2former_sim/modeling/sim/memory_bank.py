@@ -23,9 +23,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from ...structures.boxes import box_raster, masks_to_boxes
 from ..image_list import place
-from ..losses.boxinst import box_raster
-from ..postprocessing import masks_to_boxes
 
 __all__ = [
     "MemoryBank",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..box_fit import mask_box_iou
 from ..criterion import prediction_heads
+from ..targets import Indices, Targets
 from .prototypes import semantic_map
 
 __all__ = [
@@ -38,8 +39,6 @@ __all__ = [
 ]
 
 OUTSIDE_BOX = ("background", "ignore")
-
-Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
 def instance_maps(
@@ -223,7 +222,7 @@ class PseudoMaskGenerator:
     def __call__(
         self,
         teacher_outputs: Dict[str, Any],
-        targets: Sequence[Dict[str, torch.Tensor]],
+        targets: Targets,
         indices_per_head: Sequence[Indices],
         prototypes: torch.Tensor,
     ) -> List[Dict[str, Any]]:

@@ -1,6 +1,6 @@
-"""``SIMSupervisor``: the SIM module of Figure 2, the supervision step that SUPERVISION ``sim`` adds to BoxInst-M2F.
+"""``SIMSupervisor``: the SIM module of Figure 2, the supervision part that SUPERVISION ``sim`` adds to BoxInst-M2F.
 
-It composes four parts, each built from the config on its own: the EMA teacher (:mod:`.teacher`), the class
+It composes four components, each built from the config on its own: the EMA teacher (:mod:`.teacher`), the class
 prototypes (:mod:`.prototypes`), the pseudo-mask generator (:mod:`.pseudo_masks`) and the online copy-paste
 (:mod:`.copy_paste`). In one training iteration (SIM §3, Eq. 1-11):
 
@@ -11,7 +11,7 @@ prototypes (:mod:`.prototypes`), the pseudo-mask generator (:mod:`.pseudo_masks`
    (Eq. 2-5) from the student's features at the pseudo-foreground pixels (before SIM starts, the pixels with
    ``M_I > INSTANCE_MAP_THRESH`` inside the box); the pseudo targets from the start on.
 
-The teacher's EMA step after each optimizer step, and its copy of the student before training, run in the trainer
+The teacher's EMA update after each optimizer step, and its copy of the student before training, run in the trainer
 through the hook :meth:`SIMSupervisor.hooks` returns (:class:`~.teacher.EMATeacherHook`).
 """
 
@@ -26,7 +26,7 @@ from torch import nn
 from ..box_fit import mask_box_fill, mask_box_iou
 from ..losses.sim import paste_targets, with_pseudo_masks
 from ..pairwise_schedule import PairwiseSchedule
-from ..targets import SupervisionStep, Targets, TrainingStep
+from ..targets import MatchedBatch, SupervisionPart, Targets
 from .copy_paste import CopyPaste
 from .prototypes import PrototypeBank
 from .pseudo_masks import PseudoMaskGenerator
@@ -35,9 +35,7 @@ from .teacher import EMATeacher, EMATeacherHook
 __all__ = ["SIMSupervisor", "teacher_statistics"]
 
 
-def teacher_statistics(
-    targets: Sequence[Dict[str, torch.Tensor]], results: Sequence[Dict[str, Any]], stride: int
-) -> Dict[str, float]:
+def teacher_statistics(targets: Targets, results: Sequence[Dict[str, Any]], stride: int) -> Dict[str, float]:
     """How well the teacher's instance maps fit their boxes.
 
     ``teacher_box_iou``: mean IoU between each GT box and the box of ``M_I > 0.5`` (it must rise before
@@ -59,7 +57,7 @@ def teacher_statistics(
     }
 
 
-class SIMSupervisor(SupervisionStep):
+class SIMSupervisor(SupervisionPart):
     """Teacher, prototypes, pseudo masks and copy-paste of SIM.
 
     Args:
@@ -117,7 +115,7 @@ class SIMSupervisor(SupervisionStep):
         )
 
     def hooks(self, model: nn.Module) -> List[Any]:
-        """The teacher's copy of the student before training and its EMA step after each optimizer step."""
+        """The teacher's copy of the student before training and its EMA update after each optimizer step."""
         return [EMATeacherHook(self.teacher, model)]
 
     @property
@@ -146,7 +144,7 @@ class SIMSupervisor(SupervisionStep):
         return paste_targets(targets, batched_inputs, self.stride)
 
     @torch.no_grad()
-    def after_matching(self, targets: Targets, step: TrainingStep) -> Targets:
+    def after_matching(self, targets: Targets, batch: MatchedBatch) -> Targets:
         """Teacher forward, pseudo masks, bank push and prototype update of one iteration; the targets gain the
         pseudo masks once SIM has started.
 
@@ -158,15 +156,15 @@ class SIMSupervisor(SupervisionStep):
                 "the SIM teacher is not initialised: copy the student into it once its weights are loaded "
                 "(model.supervision.sim.teacher.copy_from(model); the trainer's EMATeacherHook does it)"
             )
-        teacher_outputs = self.teacher(step.images)
-        results = self.pseudo_masks(teacher_outputs, targets, step.indices, self.prototypes.prototypes)
-        started = self.started(step.iteration)
+        teacher_outputs = self.teacher(batch.images)
+        results = self.pseudo_masks(teacher_outputs, targets, batch.indices, self.prototypes.prototypes)
+        started = self.started(batch.iteration)
         self._statistics = {}
         if self.statistics_due:
             self._statistics = teacher_statistics(targets, results, self.stride)
             self._statistics["bank_size"] = float(len(self.bank)) if self.bank is not None else 0.0
             self._statistics["started"] = float(started)
-        student_features = F.normalize(step.outputs["mask_features"].detach().float(), dim=1)
+        student_features = F.normalize(batch.outputs["mask_features"].detach().float(), dim=1)
         pixel_sets = []
         pseudo = [] if started else None
         for b, (target, res) in enumerate(zip(targets, results)):
@@ -179,7 +177,7 @@ class SIMSupervisor(SupervisionStep):
                 pseudo.append((pseudo_labels, pseudo_weights))
                 foreground = labels > 0
                 if self.copy_paste is not None:
-                    self.copy_paste.push(step.batched_inputs[b], target, res)
+                    self.copy_paste.push(batch.batched_inputs[b], target, res)
             else:
                 foreground = (res["instance"] > self.pseudo_masks.instance_map_thresh) & res["region"]
             classes = target["labels"][gts]
