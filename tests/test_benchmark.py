@@ -1,94 +1,107 @@
-"""tools/benchmark.py: stage times are exclusive, patches are undone, the stages it names exist on a real SIM model,
-and a reduced run of every section produces its tables and files (no timing is asserted)."""
+"""tools/benchmark.py: stage times are exclusive of nested stages, plain training runs every stage the table names
+in a profiler range of the code (per mode), and a reduced run of every section produces its tables and files (no
+timing is asserted)."""
 
+import itertools
 import json
 import os
-import types
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.engine.trainer import Trainer
+from mask2former_sim.utils.profiling import STAGE_PREFIX, stage
 from tools import benchmark
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "cpu", "tiny-overfit.yaml")
+MASK_STAGES = {"backbone", "pixel decoder", "transformer decoder", "Hungarian matching", "losses", "backward"}
+MASK_STAGES |= {"optimizer step"}
+BOX_STAGES = MASK_STAGES | {"box targets (Lab, affinities)", "box fit of the matched masks"}
+SIM_STAGES = BOX_STAGES | {"copy-paste (CPU)", "paste targets", "teacher forward", "pseudo masks (Eq. 1, 6, 7)"}
+SIM_STAGES |= {"teacher statistics", "prototypes (Sinkhorn)", "bank push", "teacher EMA"}
+STAGES = {"mask": MASK_STAGES, "box": BOX_STAGES, "sim": SIM_STAGES}
 
 
 def test_nested_stage_time_is_charged_once():
-    now = [0.0]  # a fake clock: the timed bodies advance it by exact amounts
-
-    def work(seconds):
-        now[0] += seconds
-
-    timer = benchmark.StageTimer(torch.device("cpu"), clock=lambda: now[0])
-    inner = timer.wrap("inner", lambda: work(0.05))
-
-    def outer_body():
-        work(0.03)
-        inner()
-        work(0.02)
-        inner()
-
-    outer = timer.wrap("outer", outer_body)
-    outer()  # disabled: nothing recorded
-    assert dict(timer.seconds) == {}
-    timer.enabled = True
-    outer()
-    work(1.0)  # time outside any stage is charged to none
-    inner()
-    assert timer.seconds["inner"] == pytest.approx(0.15)  # three calls: two inside outer, one on its own
-    assert timer.seconds["outer"] == pytest.approx(0.05)  # its own 30 + 20 ms, not the 150 ms it spans
-    failing = timer.wrap("failing", lambda: (work(0.01), inner(), 1 / 0))
-    outer_of_failing = timer.wrap("outer of failing", lambda: (work(0.04), failing()))
-    with pytest.raises(ZeroDivisionError):  # a stage that raises is still charged, and unwound
-        outer_of_failing()
-    assert timer.seconds["failing"] == pytest.approx(0.01) and timer.seconds["inner"] == pytest.approx(0.2)
-    assert timer.seconds["outer of failing"] == pytest.approx(0.04) and timer._children == []
+    """Ranges in microseconds; each stage keeps its time minus that of the stages nested in it (same track)."""
+    ranges = [
+        ("outer", 0, 150, "main"),  # 30 + 20 us of its own around two inner calls of 50 us
+        ("inner", 30, 80, "main"),
+        ("inner", 100, 150, "main"),  # ends with its caller
+        ("inner", 1150, 1200, "main"),  # on its own, after time outside any stage
+        ("outer", 0, 40, "other thread"),  # nests nothing: another track's ranges are not its children
+        ("deep", 2000, 2100, "main"),
+        ("deeper", 2000, 2060, "main"),  # starts with its caller
+        ("deepest", 2010, 2020, "main"),
+        ("overhanging", 2090, 2120, "main"),  # past its caller's end (a device timeline): only the overlap is removed
+    ]
+    seconds = benchmark.exclusive_stage_seconds(ranges)
+    assert seconds["inner"] == pytest.approx(150e-6)
+    assert seconds["outer"] == pytest.approx(50e-6 + 40e-6)
+    assert seconds["deep"] == pytest.approx((100 - 60 - 10) * 1e-6)
+    assert seconds["deeper"] == pytest.approx(50e-6) and seconds["deepest"] == pytest.approx(10e-6)
+    assert seconds["overhanging"] == pytest.approx(30e-6)
+    assert benchmark.exclusive_stage_seconds([]) == {}
 
 
-def test_patched_restores_instance_and_module_attributes():
-    class Thing:
-        def method(self):
-            return 1
-
-    thing = Thing()
-    module = types.SimpleNamespace(function=lambda: 2)
-    original_function = module.function
-    with (
-        benchmark.patched(thing, "method", lambda fn: lambda: fn() + 10),
-        benchmark.patched(module, "function", lambda fn: lambda: fn() + 20),
-    ):
-        assert thing.method() == 11 and module.function() == 22
-    assert thing.method() == 1 and "method" not in vars(thing)  # the class method shows through again
-    assert module.function is original_function
-    backward = torch.autograd.backward
-    with benchmark.patched(torch.autograd, "backward", lambda fn: fn):
-        pass
-    assert torch.autograd.backward is backward
+def test_profiled_stage_seconds_reads_the_stage_ranges():
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with stage("outer"):
+            torch.ones(64, 64).sum()
+            with stage("inner"):
+                torch.ones(64, 64).sum()
+        with record_function("not a stage"):
+            torch.ones(8).sum()
+    seconds = benchmark.profiled_stage_seconds(prof.events())
+    assert set(seconds) == {"outer", "inner"} and all(v > 0 for v in seconds.values())
+    (outer,) = [e for e in prof.events() if e.name == STAGE_PREFIX + "outer"]
+    (inner,) = [e for e in prof.events() if e.name == STAGE_PREFIX + "inner"]
+    elapsed = (outer.time_range.elapsed_us() - inner.time_range.elapsed_us()) / 1e6
+    assert seconds["outer"] == pytest.approx(elapsed)
 
 
-def test_every_stage_exists_on_a_sim_trainer():
-    cfg = get_cfg(TINY, ["MODEL.MASK_FORMER.SUPERVISION", "sim", "OUTPUT_DIR", ""])
-    trainer = Trainer(cfg, train_loader_fn=lambda _cfg, _start: iter(()))
-    stages = benchmark.stage_patches(trainer)
-    names = [name for _, _, name in stages]
-    assert {
-        "backbone",
-        "pixel decoder",
-        "transformer decoder",
-        "backward",
-        "teacher forward",
-        "pseudo masks (Eq. 1, 6, 7)",
-        "losses",
-        "Hungarian matching",
-        "bank push",
-    } <= set(names)
-    for obj, attr, name in stages:
-        assert callable(getattr(obj, attr)), f"stage {name!r}: {type(obj).__name__}.{attr} is missing"
+def _batch(size=32):
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(2, size, size, dtype=torch.bool)
+    masks[0, 2:15, 2:15] = True
+    masks[1, 5:25, 10:30] = True
+    return [
+        {
+            "image": torch.randint(0, 255, (3, size, size), dtype=torch.uint8, generator=g),
+            "height": size,
+            "width": size,
+            "padding_mask": torch.zeros(size, size, dtype=torch.bool),
+            "instances": {
+                "gt_boxes": torch.tensor([[2.0, 2.0, 15.0, 15.0], [10.0, 5.0, 30.0, 25.0]]),
+                "gt_classes": torch.tensor([0, 2]),
+                "gt_masks": masks,
+            },
+        }
+        for _ in range(2)
+    ]
+
+
+@pytest.mark.parametrize("mode", ["mask", "box", "sim"])
+def test_training_runs_every_stage_in_a_profiler_range(mode, tmp_path):
+    """One iteration of plain training (``Trainer.train``, hooks included) of the tiny model under the profiler:
+    the ``m2f::`` ranges are exactly the stages the benchmark's table names for the mode."""
+    overrides = ["MODEL.MASK_FORMER.SUPERVISION", mode, "MODEL.SIM.START_ITER", "0", "MODEL.SIM.COPY_PASTE.PROB"]
+    overrides += ["1.0", "MODEL.BOXINST.PAIRWISE.START_ITER", "0", "SOLVER.MAX_ITER", "1", "LOG_PERIOD", "1"]
+    overrides += ["OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0"]
+    cfg = get_cfg(TINY, [*overrides, "LOGGER.TENSORBOARD", "False"])
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, train_loader_fn=lambda _cfg, _start: itertools.repeat(_batch()))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train()
+    ranges = [e.name[len(STAGE_PREFIX) :] for e in prof.events() if e.name.startswith(STAGE_PREFIX)]
+    assert set(ranges) == STAGES[mode]
+    assert ranges.count("backbone") == 1  # the student's; the teacher's networks run inside "teacher forward"
+    assert ranges.count("bank push") == (2 if mode == "sim" else 0)  # one per image
 
 
 @pytest.mark.slow
@@ -119,7 +132,11 @@ def test_reduced_run_writes_every_table(tmp_path):
     )
     assert set(report["training"]) == {"mask", "box", "sim"}
     for mode, result in report["training"].items():
-        assert result["plain_s"] > 0 and result["stages_s"]["backward"] > 0, mode
+        stages = result["stages_s"]
+        assert set(stages) == STAGES[mode] | {"other (targets, Python)"}, mode
+        assert result["plain_s"] > 0 and stages["backward"] > 0 and all(v >= 0 for v in stages.values()), mode
+        assert sum(stages.values()) == pytest.approx(result["instrumented_s"], rel=1e-6), mode
+        assert stages["other (targets, Python)"] < 0.5 * result["instrumented_s"], mode  # the stages are most of it
     transformers = report["transformers"]
     assert transformers["plain_s"] > 0 and report["data"]["step_s"] > 0
     ((ours, theirs),) = transformers["pairs_s"]  # one alternated pair in --smoke

@@ -20,7 +20,8 @@ def test_fit_to_size_keeps_the_aspect_ratio_and_pads():
     image = np.full((40, 100, 3), 200, dtype=np.uint8)
     tensor, resized = export_onnx.fit_to_size(image, (64, 96))
     assert tensor.shape == (1, 3, 64, 96) and resized == (38, 96)
-    assert float(tensor[0, :, :38].min()) == 200.0 and float(tensor[0, :, 38:].abs().max()) == 0.0
+    assert float(tensor[0, :, :38].min()) == pytest.approx(200.0, abs=1e-3)  # bilinear weights sum to 1 within rounding
+    assert float(tensor[0, :, 38:].abs().max()) == 0.0
 
 
 def test_onnxruntime_matches_the_eager_model_on_two_photos(tmp_path):

@@ -119,6 +119,9 @@ class _TeacherSupervision:
     def hooks(self, model):
         return [EMATeacherHook(self.teacher, model)]
 
+    def set_statistics_due(self, due):
+        pass
+
 
 class TeacherFakeModel(nn.Module):
     """The engine's fake model with a SIM-style EMA teacher submodule (frozen; the EMATeacherHook its supervision

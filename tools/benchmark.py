@@ -8,12 +8,13 @@
 Sections (each prints a markdown table; all are written to ``<output-dir>/benchmark.{json,md}``):
 
 - **training step** per supervision mode (``--modes``): the median time of a step on prefetched batches after
-  ``--warmup`` steps, then the same steps again with every stage timed (synchronised on CUDA, exclusive of the
-  timed stages it calls): backbone, pixel decoder, transformer decoder, Hungarian matching, losses, backward,
-  optimizer, box targets; SIM: teacher forward, pseudo masks, prototypes, teacher EMA, copy-paste, bank push,
-  paste targets; "other" is the rest. Peak memory: CPU RSS (VmHWM, reset per mode) and CUDA max allocated.
-  SIM's and the pairwise term's START_ITER are set to 0 (the schedule rule off) so that every loss is on in every
-  timed step. Ratios: every mode against the first.
+  ``--warmup`` steps, then the same steps again under ``torch.profiler``, each stage's time read from the ``m2f::``
+  range the code runs it in (:mod:`mask2former_sim.utils.profiling`; exclusive of the stages nested in it; on CUDA
+  the larger of its host time and its kernels' span on the GPU timeline): backbone, pixel decoder, transformer
+  decoder, Hungarian matching, losses, backward, optimizer, box targets; SIM: teacher forward, pseudo masks,
+  prototypes, teacher EMA, copy-paste, bank push, paste targets; "other" is the rest of the profiled step. Peak
+  memory: CPU RSS (VmHWM, reset per mode) and CUDA max allocated. SIM's and the pairwise term's START_ITER are set
+  to 0 (the schedule rule off) so that every loss is on in every timed step. Ratios: every mode against the first.
 - **data loading**: the real loader with the config's workers inside the trainer loop; the share of the step
   spent waiting for a batch.
 - **inference**: seconds per test image (``DATASETS.TEST[0]``, ``--inference-images`` images, test-time
@@ -68,16 +69,16 @@ import tarfile
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import build_train_loader, get_dataset_dicts, register_from_config
 from mask2former_sim.engine.trainer import Trainer
 from mask2former_sim.interop.transformers import transformers_config
-from mask2former_sim.modeling.sim import supervisor
 from mask2former_sim.modeling.sim.teacher import EMATeacherHook
 
 MODES = ("mask", "box", "sim")
@@ -113,86 +114,48 @@ def peak_memory_mb(device: torch.device) -> Dict[str, Optional[float]]:
     return {"rss_mb": rss, "cuda_mb": cuda}
 
 
-class StageTimer:
-    """Accumulates synchronised wall time per stage name while ``enabled``.
+def exclusive_stage_seconds(ranges: Iterable[Tuple[str, float, float, Any]]) -> Dict[str, float]:
+    """Seconds per stage name over ``ranges``, each range exclusive of the ranges nested in it.
 
-    Times are exclusive: a timed stage called inside another (e.g. matching inside the criterion) is charged to
-    itself and removed from the caller, so the stages add up to at most the step. ``clock`` returns seconds
-    (``time.perf_counter``; a test passes a fake one).
+    Args:
+        ranges: ``(name, start_us, end_us, track)`` of every stage range; a range nests in the innermost earlier
+            range of the same track (thread, CUDA stream) that contains its start, and is charged to itself only,
+            its caller keeping the rest (matching inside the criterion would count once).
     """
-
-    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.device = device
-        self.clock = clock
-        self.enabled = False
-        self.seconds: Dict[str, float] = defaultdict(float)
-        self._children: List[float] = []  # per open stage: time spent in timed stages it called
-
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self.enabled:
-                return fn(*args, **kwargs)
-            synchronize(self.device)
-            start = self.clock()
-            self._children.append(0.0)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                synchronize(self.device)
-                elapsed = self.clock() - start
-                self.seconds[name] += elapsed - self._children.pop()
-                if self._children:
-                    self._children[-1] += elapsed
-
-        return timed
+    seconds: Dict[str, float] = defaultdict(float)
+    by_track: Dict[Any, List[Tuple[float, float, str]]] = defaultdict(list)
+    for name, start, end, track in ranges:
+        by_track[track].append((start, -end, name))
+    for items in by_track.values():
+        open_ranges: List[Tuple[float, str]] = []  # (end, name) of the ranges around the current one
+        for start, negative_end, name in sorted(items):
+            end = -negative_end
+            while open_ranges and open_ranges[-1][0] <= start:
+                open_ranges.pop()
+            seconds[name] += (end - start) / 1e6
+            if open_ranges:
+                parent_end, parent = open_ranges[-1]
+                seconds[parent] -= (min(end, parent_end) - start) / 1e6
+            open_ranges.append((end, name))
+    return dict(seconds)
 
 
-@contextlib.contextmanager
-def patched(obj: Any, attr: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[None]:
-    """Replace ``obj.attr`` by ``wrapper(obj.attr)`` for the duration (instance, class or module attribute)."""
-    original = getattr(obj, attr)
-    had_own = attr in vars(obj)
-    setattr(obj, attr, wrapper(original))
-    try:
-        yield
-    finally:
-        if had_own:
-            setattr(obj, attr, original)
-        else:
-            delattr(obj, attr)
+def profiled_stage_seconds(events: Iterable[Any]) -> Dict[str, float]:
+    """Exclusive seconds per stage from a ``torch.profiler`` run's events: the ``m2f::`` ranges of the code
+    (:mod:`mask2former_sim.utils.profiling`). On CUDA a stage counts the larger of its host time and the span of its
+    kernels on the GPU timeline (the profiler's device-side copy of the range), each exclusive of nested stages."""
+    from torch.autograd import DeviceType
 
+    from mask2former_sim.utils.profiling import STAGE_PREFIX  # here: a --baseline-ref worker's tree may lack it
 
-def stage_patches(trainer: Trainer) -> List[Tuple[Any, str, str]]:
-    """(object, attribute, stage name) of every timed stage of this trainer's model."""
-    model = trainer.model
-    stages = [
-        (model.backbone, "forward", "backbone"),
-        (model.pixel_decoder, "forward_features", "pixel decoder"),
-        (model.transformer_decoder, "forward", "transformer decoder"),
-        (model.criterion.matcher, "forward", "Hungarian matching"),
-        (model.criterion, "forward", "losses"),
-        (torch.autograd, "backward", "backward"),
-        (trainer, "_optimizer_step", "optimizer step"),
-    ]
-    steps = dict(zip(model.supervision.part_names, model.supervision.parts))
-    if "box_targets" in steps:
-        stages.append((steps["box_targets"], "build_targets", "box targets (Lab, affinities)"))
-    if "pairwise_schedule" in steps:
-        stages.append((steps["pairwise_schedule"], "after_matching", "box fit of the matched masks"))
-    if "sim" in steps:
-        sim = steps["sim"]
-        stages += [
-            (sim, "prepare_inputs", "copy-paste (CPU)"),
-            (supervisor, "paste_targets", "paste targets"),
-            (sim.teacher, "forward", "teacher forward"),
-            (type(sim.pseudo_masks), "__call__", "pseudo masks (Eq. 1, 6, 7)"),
-            (supervisor, "teacher_statistics", "teacher statistics"),
-            (sim.prototypes, "update", "prototypes (Sinkhorn)"),
-            (sim.teacher, "update", "teacher EMA"),
-        ]
-        if sim.copy_paste is not None:
-            stages.append((sim.copy_paste, "push", "bank push"))
-    return stages
+    timelines: Dict[str, List[Tuple[str, float, float, Any]]] = {"host": [], "device": []}
+    for e in events:
+        if e.name.startswith(STAGE_PREFIX):
+            timeline = "host" if e.device_type == DeviceType.CPU else "device"
+            track = (e.device_type, e.device_index, e.thread)
+            timelines[timeline].append((e.name[len(STAGE_PREFIX) :], e.time_range.start, e.time_range.end, track))
+    host, device = (exclusive_stage_seconds(timelines[t]) for t in ("host", "device"))
+    return {name: max(host.get(name, 0.0), device.get(name, 0.0)) for name in {*host, *device}}
 
 
 def schedule_rule_off() -> List[str]:
@@ -267,13 +230,10 @@ def time_training(cfg, batches: List[Any], warmup: int, steps: int) -> Dict[str,
     reset_peak_memory(device)
     plain = statistics.median(step() for _ in range(steps))
     memory = peak_memory_mb(device)
-    timer = StageTimer(device)
-    with contextlib.ExitStack() as stack:
-        for obj, attr, name in stage_patches(trainer):
-            stack.enter_context(patched(obj, attr, lambda fn, name=name: timer.wrap(name, fn)))
-        timer.enabled = True
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         total = sum(step() for _ in range(steps))
-    stages = {name: seconds / steps for name, seconds in timer.seconds.items()}
+    stages = {name: seconds / steps for name, seconds in profiled_stage_seconds(prof.events()).items()}
     stages["other (targets, Python)"] = total / steps - sum(stages.values())
     return {"plain_s": plain, "instrumented_s": total / steps, "stages_s": stages, **memory}
 
@@ -577,13 +537,15 @@ def evaluation_table(result: Dict[str, Any]) -> str:
 
 
 def profile_operators(run: Callable[[], Any], repeats: int, top: int = 15) -> List[Dict[str, Any]]:
-    """The ``top`` operators by self CPU time over ``repeats`` calls of ``run`` (ms per call, calls per call)."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """The ``top`` operators by self CPU time over ``repeats`` calls of ``run`` (ms per call, calls per call); the
+    code's ``m2f::`` stage ranges are not operators and are left out."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(repeats):
             run()
-    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)[:top]
+    from mask2former_sim.utils.profiling import STAGE_PREFIX  # as in profiled_stage_seconds
+
+    operators = [e for e in prof.key_averages(group_by_input_shape=True) if not e.key.startswith(STAGE_PREFIX)]
+    events = sorted(operators, key=lambda e: -e.self_cpu_time_total)[:top]
     return [
         {
             "operator": e.key,
@@ -972,9 +934,7 @@ def training_table(results: Dict[str, Dict[str, Any]]) -> str:
     lines = ["| stage (ms/step) | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(_ms(results[m]["stages_s"].get(name)) for m in modes) + " |")
-    lines.append(
-        "| **step, by stage (synchronised)** | " + " | ".join(_ms(results[m]["instrumented_s"]) for m in modes) + " |"
-    )
+    lines.append("| **step, profiled** | " + " | ".join(_ms(results[m]["instrumented_s"]) for m in modes) + " |")
     lines.append("| **step, plain (median)** | " + " | ".join(_ms(results[m]["plain_s"]) for m in modes) + " |")
     lines.append(
         f"| step / {base} step | "

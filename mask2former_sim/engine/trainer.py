@@ -35,6 +35,7 @@ from ..data import build_test_loader, build_train_loader, get_metadata
 from ..evaluation import COCOEvaluator, format_results_table, inference_on_dataset, print_csv_format
 from ..modeling import build_model
 from ..utils import comm
+from ..utils.profiling import stage
 from .checkpoint import Checkpointer, unwrap_model
 from .events import TrainingProgress
 from .hooks import EvalHook, HookBase, MetricsWriter, PeriodicCheckpointer
@@ -232,7 +233,8 @@ class Trainer:
                     loss_dict = self.model(batch, iteration=self.iter)
                 _check_loss_dict(loss_dict, self.iter)
                 total = sum(loss_dict.values())
-                self.scaler.scale(total / self.accum_steps).backward()
+                with stage("backward"):
+                    self.scaler.scale(total / self.accum_steps).backward()
             for key, value in loss_dict.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float() / self.accum_steps
         losses = reduce_loss_terms(sums)
@@ -243,7 +245,8 @@ class Trainer:
         else:
             self.nonfinite_in_a_row = 0
             self._nonfinite_terms.clear()
-            self._optimizer_step()
+            with stage("optimizer step"):
+                self._optimizer_step()
         self.last_lr = max(group["lr"] for group in self.optimizer.param_groups)
         self.scheduler.step()
         self.last_losses, self.last_step_time, self.last_data_time = losses, time.perf_counter() - start, data_time

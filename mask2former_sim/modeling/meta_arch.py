@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..config.checks import check_supported_choices
+from ..utils.profiling import stage
 from .backbone import build_backbone
 from .image_list import pad_images
 from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
@@ -159,9 +160,12 @@ class MaskFormer(nn.Module):
         Returns the transformer decoder's outputs (``pred_logits``, ``pred_masks``, ``aux_outputs``: empty
         unless ``all_heads``) and the pixel decoder's ``mask_features`` (B, D, Hp/4, Wp/4).
         """
-        features = self.backbone(images)
-        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
-        outputs = self.transformer_decoder(multi_scale_features, mask_features, all_heads=all_heads)
+        with stage("backbone"):
+            features = self.backbone(images)
+        with stage("pixel decoder"):
+            mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
+        with stage("transformer decoder"):
+            outputs = self.transformer_decoder(multi_scale_features, mask_features, all_heads=all_heads)
         outputs["mask_features"] = mask_features
         return outputs
 
@@ -188,11 +192,13 @@ class MaskFormer(nn.Module):
             outputs.pop("aux_outputs", None)
         padded_size = tuple(images.shape[-2:])
         targets = self.supervision.build_targets(batched_inputs, padded_size, self.device, self.num_classes, iteration)
-        indices = self.criterion.match(outputs, targets)
+        with stage("Hungarian matching"):
+            indices = self.criterion.match(outputs, targets)
         targets = self.supervision.after_matching(
             targets, MatchedBatch(images, batched_inputs, outputs, indices, iteration)
         )
-        losses = self.criterion(outputs, targets, indices, iteration)
+        with stage("losses"):
+            losses = self.criterion(outputs, targets, indices, iteration)
         return apply_loss_weights(losses, self.criterion.weight_dict)
 
     def training_statistics(self) -> Dict[str, float]:

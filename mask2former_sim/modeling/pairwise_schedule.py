@@ -20,6 +20,7 @@ from typing import Dict, Optional
 import torch
 
 from ..utils import comm
+from ..utils.profiling import stage
 from .box_fit import mask_box_fill, mask_box_iou
 from .criterion import matched_logits, matched_rows, prediction_heads
 from .targets import MatchedBatch, SupervisionPart, Targets
@@ -161,13 +162,14 @@ class PairwiseSchedule(SupervisionPart):
         if not self.statistics_due and not (self.adaptive and self.warmup_start() is None):
             self._statistics = {}
             return targets
-        final, indices = prediction_heads(batch.outputs)[0][1], batch.indices[0]
-        self._statistics = self.observe(
-            batch.iteration,
-            matched_logits(final["pred_masks"], indices),
-            matched_rows(targets, indices, "boxes"),
-            matched_rows(targets, indices, "box_masks"),
-        )
+        with stage("box fit of the matched masks"):
+            final, indices = prediction_heads(batch.outputs)[0][1], batch.indices[0]
+            self._statistics = self.observe(
+                batch.iteration,
+                matched_logits(final["pred_masks"], indices),
+                matched_rows(targets, indices, "boxes"),
+                matched_rows(targets, indices, "box_masks"),
+            )
         return targets
 
     def statistics(self) -> Dict[str, float]:

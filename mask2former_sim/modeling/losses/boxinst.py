@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...structures.boxes import boxes_to_stride_masks
+from ...utils.profiling import stage
 from ..criterion import LossContext, batch_instances, matched_logits, matched_rows
 from ..image_list import place
 from ..pairwise_schedule import PairwiseSchedule
@@ -335,20 +336,21 @@ class BoxTargets(SupervisionPart):
         device = targets[0]["padding_mask"].device
         if hp % self.stride or wp % self.stride:
             raise ValueError(f"padded input {hp}x{wp} must be divisible by MODEL.BOXINST.MASK_STRIDE = {self.stride}")
-        raw_images = torch.stack([place(x["image"].to(device).float(), hp, wp, 0) for x in batched_inputs])
-        valid = ~torch.stack([t["padding_mask"] for t in targets])
-        valid = _remove_bottom_rows(valid, self.bottom_pixels_removed)
-        similarities = images_color_similarity(
-            raw_images, valid, self.stride, self.kernel_size, self.dilation, self.theta
-        )
-        return [
-            {
-                **t,
-                "box_masks": boxes_to_stride_masks(t["boxes"], hp, wp, self.stride),
-                "color_similarity": color_similarity,
-            }
-            for t, color_similarity in zip(targets, similarities)
-        ]
+        with stage("box targets (Lab, affinities)"):
+            raw_images = torch.stack([place(x["image"].to(device).float(), hp, wp, 0) for x in batched_inputs])
+            valid = ~torch.stack([t["padding_mask"] for t in targets])
+            valid = _remove_bottom_rows(valid, self.bottom_pixels_removed)
+            similarities = images_color_similarity(
+                raw_images, valid, self.stride, self.kernel_size, self.dilation, self.theta
+            )
+            return [
+                {
+                    **t,
+                    "box_masks": boxes_to_stride_masks(t["boxes"], hp, wp, self.stride),
+                    "color_similarity": color_similarity,
+                }
+                for t, color_similarity in zip(targets, similarities)
+            ]
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, kernel_size={self.kernel_size}, dilation={self.dilation}, theta={self.theta}"

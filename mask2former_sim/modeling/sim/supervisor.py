@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...utils.profiling import stage
 from ..box_fit import mask_box_fill, mask_box_iou
 from ..losses.sim import paste_targets, with_pseudo_masks
 from ..pairwise_schedule import PairwiseSchedule
@@ -137,11 +138,13 @@ class SIMSupervisor(SupervisionPart):
         """The batch with bank instances pasted (:meth:`.CopyPaste.paste`) once SIM has started."""
         if self.copy_paste is None or not self.started(iteration):
             return batched_inputs
-        return self.copy_paste.paste(batched_inputs)
+        with stage("copy-paste (CPU)"):
+            return self.copy_paste.paste(batched_inputs)
 
     def build_targets(self, targets: Targets, batched_inputs: Sequence[Dict[str, Any]], iteration: int) -> Targets:
         """The paste targets: flags, bank masks of the pasted instances, originals' box masks minus the paste."""
-        return paste_targets(targets, batched_inputs, self.stride)
+        with stage("paste targets"):
+            return paste_targets(targets, batched_inputs, self.stride)
 
     @torch.no_grad()
     def after_matching(self, targets: Targets, batch: MatchedBatch) -> Targets:
@@ -156,12 +159,15 @@ class SIMSupervisor(SupervisionPart):
                 "the SIM teacher is not initialised: copy the student into it once its weights are loaded "
                 "(model.supervision.sim.teacher.copy_from(model); the trainer's EMATeacherHook does it)"
             )
-        teacher_outputs = self.teacher(batch.images)
-        results = self.pseudo_masks(teacher_outputs, targets, batch.indices, self.prototypes.prototypes)
+        with stage("teacher forward"):
+            teacher_outputs = self.teacher(batch.images)
+        with stage("pseudo masks (Eq. 1, 6, 7)"):
+            results = self.pseudo_masks(teacher_outputs, targets, batch.indices, self.prototypes.prototypes)
         started = self.started(batch.iteration)
         self._statistics = {}
         if self.statistics_due:
-            self._statistics = teacher_statistics(targets, results, self.stride)
+            with stage("teacher statistics"):
+                self._statistics = teacher_statistics(targets, results, self.stride)
             self._statistics["bank_size"] = float(len(self.bank)) if self.bank is not None else 0.0
             self._statistics["started"] = float(started)
         student_features = F.normalize(batch.outputs["mask_features"].detach().float(), dim=1)
@@ -177,14 +183,16 @@ class SIMSupervisor(SupervisionPart):
                 pseudo.append((pseudo_labels, pseudo_weights))
                 foreground = labels > 0
                 if self.copy_paste is not None:
-                    self.copy_paste.push(batch.batched_inputs[b], target, res)
+                    with stage("bank push"):
+                        self.copy_paste.push(batch.batched_inputs[b], target, res)
             else:
                 foreground = (res["instance"] > self.pseudo_masks.instance_map_thresh) & res["region"]
             classes = target["labels"][gts]
             for c in classes.unique().tolist():
                 pixels = foreground[classes == c].any(0)
                 pixel_sets.append((c, student_features[b][:, pixels].T))
-        self.prototypes.update(pixel_sets)
+        with stage("prototypes (Sinkhorn)"):
+            self.prototypes.update(pixel_sets)
         return with_pseudo_masks(targets, pseudo)
 
     def statistics(self) -> Dict[str, float]:

@@ -21,6 +21,8 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
+from ...utils.profiling import stage
+
 __all__ = ["ema_update_", "EMATeacher"]
 
 
@@ -150,7 +152,8 @@ class EMATeacherHook:
 
     def after_step(self) -> None:
         if self.trainer.step_taken:
-            self.teacher.update(self.student)
+            with stage("teacher EMA"):
+                self.teacher.update(self.student)
 
     def after_train(self) -> None:
         pass
