@@ -1,9 +1,9 @@
 """See what the BoxInst-M2F losses see: box masks, kept colour-similarity edges and matched predicted masks.
 
 For the first ``--num-images`` training images, the real training mapper runs in box mode, the model's own
-training forward builds the targets (``prepare_targets`` + ``add_box_targets``, captured from the criterion's
-input, so nothing here re-implements them) and the criterion's matcher pairs queries with GT boxes on the final
-head. Per image, in ``--output``::
+training forward builds the targets (``MaskFormer.matched_targets``: what the criterion gets, so nothing here
+re-implements them) and the criterion's matcher pairs queries with GT boxes on the final head. Per image, in
+``--output``::
 
     <k>_<image_id>_boxes.png       the padded network input with the GT boxes (padding darkened)
     <k>_<image_id>_box_masks.png   the stride-4 box masks the projection term compares with
@@ -38,6 +38,7 @@ from mask2former_sim.config import get_cfg
 from mask2former_sim.data import InstanceDatasetMapper, get_dataset_dicts, get_metadata, register_from_config
 from mask2former_sim.engine import load_checkpoint_file, load_model_weights
 from mask2former_sim.modeling import build_model
+from mask2former_sim.modeling.meta_arch import apply_loss_weights
 from mask2former_sim.modeling.targets import ImageTarget, Targets
 from mask2former_sim.utils.visualizer import class_name, draw_instances_on_image, save_image
 
@@ -74,27 +75,20 @@ def setup_cfg(args: argparse.Namespace):
 def capture_targets(
     model: torch.nn.Module, inputs: List[Dict[str, Any]], iteration: int
 ) -> Tuple[Dict[str, Any], Targets]:
-    """Run the model's training forward (no gradients) and return the outputs and targets its criterion got."""
-    captured: Dict[str, Any] = {}
-    criterion_forward = model.criterion.forward
-
-    def spy(outputs, targets, *rest, **kwargs):
-        captured["outputs"], captured["targets"] = outputs, targets
-        return criterion_forward(outputs, targets, *rest, **kwargs)
-
-    model.criterion.forward = spy
-    try:
-        with torch.no_grad():
-            losses = model(inputs, iteration=iteration)
-    finally:
-        del model.criterion.forward  # back to the class method
+    """The outputs and targets of the model's training forward (no gradients; ``MaskFormer.matched_targets``, what
+    its criterion gets), with the weighted losses of the final head logged."""
+    with torch.no_grad():
+        batch, targets = model.matched_targets(inputs, iteration)
+        losses = apply_loss_weights(
+            model.criterion(batch.outputs, targets, batch.indices, iteration), model.criterion.weight_dict
+        )
     final = sorted((k, v.item()) for k, v in losses.items() if not k[-1].isdigit())  # final head only
     logger.info(
         "weighted losses of the final head at iteration %d (pairwise warm-up applied): %s",
         iteration,
         ", ".join(f"{k} {v:.3f}" for k, v in final),
     )
-    return captured["outputs"], captured["targets"]
+    return batch.outputs, targets
 
 
 def kept_edge_count(target: ImageTarget, color_thresh: float) -> np.ndarray:

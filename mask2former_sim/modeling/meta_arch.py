@@ -29,7 +29,7 @@ from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 from .postprocessing import instances_at_size, topk_queries
 from .sliding_window import sliding_window_inference
 from .supervision import Supervision, build_criterion, build_supervision
-from .targets import MatchedBatch
+from .targets import MatchedBatch, Targets
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
 __all__ = ["MaskFormer", "apply_loss_weights"]
@@ -180,6 +180,15 @@ class MaskFormer(nn.Module):
             return self.predict(batched_inputs)
         if iteration is None:
             raise ValueError("a training forward needs the iteration: model(batched_inputs, iteration=i)")
+        batch, targets = self.matched_targets(batched_inputs, iteration)
+        with stage("losses"):
+            losses = self.criterion(batch.outputs, targets, batch.indices, iteration)
+        return apply_loss_weights(losses, self.criterion.weight_dict)
+
+    def matched_targets(self, batched_inputs: List[Dict[str, Any]], iteration: int) -> Tuple[MatchedBatch, Targets]:
+        """A training forward up to the losses: the supervision's inputs, the network's outputs, the targets and
+        the Hungarian matches of every head, with the supervision's work after matching done (what the criterion
+        gets; the visualisers read it)."""
         if self.supervision is None:
             raise RuntimeError(
                 "this model was built for inference (build_model(cfg, training=False)): it has no supervision to "
@@ -194,12 +203,8 @@ class MaskFormer(nn.Module):
         targets = self.supervision.build_targets(batched_inputs, padded_size, self.device, self.num_classes, iteration)
         with stage("Hungarian matching"):
             indices = self.criterion.match(outputs, targets)
-        targets = self.supervision.after_matching(
-            targets, MatchedBatch(images, batched_inputs, outputs, indices, iteration)
-        )
-        with stage("losses"):
-            losses = self.criterion(outputs, targets, indices, iteration)
-        return apply_loss_weights(losses, self.criterion.weight_dict)
+        batch = MatchedBatch(images, batched_inputs, outputs, indices, iteration)
+        return batch, self.supervision.after_matching(targets, batch)
 
     def training_statistics(self) -> Dict[str, float]:
         """Scalars of the last training forward besides the losses (the matched masks' fit to their boxes, the
