@@ -133,7 +133,9 @@ def test_reduced_run_writes_every_table(tmp_path):
     assert set(report["training"]) == {"mask", "box", "sim"}
     for mode, result in report["training"].items():
         stages = result["stages_s"]
-        assert set(stages) == STAGES[mode] | {"other (targets, Python)"}, mode
+        # the benchmark's steps measure no statistics, as the training iterations that do not log
+        expected = STAGES[mode] - {"teacher statistics", "box fit of the matched masks"}
+        assert set(stages) == expected | {"other (targets, Python)"}, mode
         assert result["plain_s"] > 0 and stages["backward"] > 0 and all(v >= 0 for v in stages.values()), mode
         assert sum(stages.values()) == pytest.approx(result["instrumented_s"], rel=1e-6), mode
         assert stages["other (targets, Python)"] < 0.5 * result["instrumented_s"], mode  # the stages are most of it

@@ -78,8 +78,6 @@ from torch.profiler import ProfilerActivity, profile
 from mask2former_sim.config import get_cfg
 from mask2former_sim.data import build_train_loader, get_dataset_dicts, register_from_config
 from mask2former_sim.engine.trainer import Trainer
-from mask2former_sim.interop.transformers import transformers_config
-from mask2former_sim.modeling.sim.teacher import EMATeacherHook
 
 MODES = ("mask", "box", "sim")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,9 +202,15 @@ def training_stepper(cfg, batches: List[Any]) -> Tuple[Trainer, Callable[[], flo
     trainer._data_iter = itertools.cycle(batches)  # what train() would set, minus the loader
     trainer.model.train()
     device = trainer.device
-    teacher_hooks = [hook for hook in trainer.hooks if isinstance(hook, EMATeacherHook)]  # part of SIM's step
+    # part of SIM's step; by name: a --baseline-ref worker's tree defines the class elsewhere
+    teacher_hooks = [hook for hook in trainer.hooks if type(hook).__name__ == "EMATeacherHook"]
     for hook in teacher_hooks:
         hook.before_train()
+    # statistics off, as on the iterations that do not log (all but one in LOG_PERIOD); a tree without the switch
+    # (--baseline-ref) measures them at every step
+    set_statistics_due = getattr(getattr(trainer.model, "supervision", None), "set_statistics_due", None)
+    if set_statistics_due is not None:
+        set_statistics_due(False)
 
     def step() -> float:
         synchronize(device)
@@ -599,6 +603,8 @@ def transformers_model(cfg) -> torch.nn.Module:
     """Hugging Face transformers' Mask2Former of the network of ``cfg`` (:func:`transformers_config`), random
     weights."""
     from transformers import Mask2FormerForUniversalSegmentation
+
+    from mask2former_sim.interop.transformers import transformers_config
 
     return Mask2FormerForUniversalSegmentation(transformers_config(cfg))
 
