@@ -20,7 +20,7 @@ import logging
 import os
 import pickle
 import random
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 
 from ..interop.official import NETWORK_PREFIXES, REBUILT_BUFFERS, from_official, is_official
 from ..utils import comm
+from ..utils.weights_files import load_numpy_pickle, short_list
 
 __all__ = [
     "Checkpointer",
@@ -218,31 +219,11 @@ def read_model_state(path: str, allow_pickle: bool = False) -> Dict[str, torch.T
     return _extract_state_dict(load_checkpoint_file(path, allow_pickle=allow_pickle), path)
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and plain containers, nothing else (a model-zoo ``.pkl`` holds no code)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
-        return super().find_class(module, name)
-
-
 def _read_detectron2_pickle(path: str) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        with open(path, "rb") as f:
-            return _NumpyUnpickler(f, encoding="latin1").load()
+        return load_numpy_pickle(path)
     except Exception as exc:
         raise CheckpointError(
             f"{path} is not a readable detectron2 .pkl checkpoint (a pickle of numpy arrays): "
@@ -320,26 +301,26 @@ def load_model_weights(
     training_state = [k for k in result.missing_keys if k not in skipped and not is_network(k)]
     if missing and strict:
         raise CheckpointError(
-            f"{path} leaves {len(missing)} weights of the network unloaded: {_short_list(missing, 5)}. "
+            f"{path} leaves {len(missing)} weights of the network unloaded: {short_list(missing, 5)}. "
             "MODEL.WEIGHTS must be a checkpoint of this config's network (evaluation, the demo and export need "
             "every weight)"
         )
     if missing:
-        logger.warning("%s: %d model keys not in the file: %s", path, len(missing), _short_list(missing))
+        logger.warning("%s: %d model keys not in the file: %s", path, len(missing), short_list(missing))
     if training_state:
         logger.info(
             "%s: %d keys of training state not in the file, they start fresh (SIM's teacher copies the loaded "
             "student): %s",
             path,
             len(training_state),
-            _short_list(training_state, 5),
+            short_list(training_state, 5),
         )
     if result.unexpected_keys:
         logger.warning(
             "%s: %d keys in the file unused by the model: %s",
             path,
             len(result.unexpected_keys),
-            _short_list(result.unexpected_keys),
+            short_list(result.unexpected_keys),
         )
     logger.info("loaded %d tensors from %s (%s)", len(state) - len(result.unexpected_keys), path, source)
     return missing, list(result.unexpected_keys), skipped
@@ -350,12 +331,6 @@ def _network_key_test(model: nn.Module):
     if all(hasattr(model, name.rstrip(".")) for name in NETWORK_PREFIXES):
         return lambda key: key.startswith(NETWORK_PREFIXES) and not key.endswith(REBUILT_BUFFERS)
     return lambda key: True
-
-
-def _short_list(keys: Iterable[str], limit: int = 20) -> str:
-    keys = list(keys)
-    text = ", ".join(keys[:limit])
-    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 class Checkpointer:

@@ -28,11 +28,12 @@ official name and is left out of :func:`to_official`.
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
 from ..modeling.backbone.timm_backbone import is_swin
+from ..utils.weights_files import short_list
 
 __all__ = [
     "HEAD_RULES",
@@ -132,14 +133,13 @@ class OfficialNames:
 def official_names_for(model_or_cfg) -> OfficialNames:
     """The :class:`OfficialNames` of a built model (its backbone and pixel decoder) or of a config."""
     if hasattr(model_or_cfg, "MODEL"):
-        from ..modeling.backbone.timm_backbone import resolve_backbone_name
+        from ..modeling.backbone.timm_backbone import FEATURE_STRIDES, resolve_backbone_name
+        from ..modeling.pixel_decoder.msdeformattn import fpn_level_count
 
         cfg = model_or_cfg
         head = cfg.MODEL.SEM_SEG_HEAD
-        strides = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
-        encoder_stride = min(strides[f] for f in head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)
-        levels = sum(1 for f in head.IN_FEATURES if head.COMMON_STRIDE <= strides[f] < encoder_stride)
-        return OfficialNames(resolve_backbone_name(cfg), levels)
+        encoder_stride = min(FEATURE_STRIDES[f] for f in head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES)
+        return OfficialNames(resolve_backbone_name(cfg), fpn_level_count(encoder_stride, head.COMMON_STRIDE))
     model = model_or_cfg
     return OfficialNames(model.backbone.model_name, len(model.pixel_decoder.lateral_convs))
 
@@ -172,12 +172,9 @@ def from_official(state_dict: Dict[str, torch.Tensor], model_or_cfg) -> Dict[str
         except ValueError:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{len(unknown)} keys of the checkpoint are not official Mask2Former names: {_first(unknown)}")
+        shown = short_list(unknown, 5)
+        raise ValueError(f"{len(unknown)} keys of the checkpoint are not official Mask2Former names: {shown}")
     return out
-
-
-def _first(keys: Sequence[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 # ---- backbones -----------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ import torch
 
 from ..modeling.backbone.timm_backbone import FEATURE_STRIDES, is_swin, resolve_backbone_name
 from ..modeling.postprocessing import instances_at_size, topk_queries
+from ..utils.weights_files import short_list
 from .official import OfficialNames
 
 __all__ = [
@@ -140,8 +141,7 @@ def _rename(key: str, rules) -> Optional[str]:
 
 
 def _unknown_keys_error(unknown: List[str], what: str) -> KeyError:
-    shown = ", ".join(unknown[:5]) + (f", ... ({len(unknown) - 5} more)" if len(unknown) > 5 else "")
-    return KeyError(f"{len(unknown)} keys are not {what}: {shown}")
+    return KeyError(f"{len(unknown)} keys are not {what}: {short_list(unknown, 5)}")
 
 
 # ---------------------------------------------------------------------------------------------------------- config

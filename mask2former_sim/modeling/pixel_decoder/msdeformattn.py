@@ -50,6 +50,12 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int, norm: s
     return nn.Sequential(*layers)
 
 
+def fpn_level_count(min_encoder_stride: int, common_stride: int) -> int:
+    """The FPN levels finer than the deformable encoder down to ``common_stride`` (1 for an encoder on res3-res5
+    and stride-4 masks): one per halving of the stride."""
+    return int(math.log2(min_encoder_stride) - math.log2(common_stride))
+
+
 class MSDeformAttnPixelDecoder(nn.Module):
     """Pixel decoder producing stride-4 ``mask_features`` and 3 multi-scale features for the transformer decoder."""
 
@@ -119,7 +125,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.common_stride = common_stride
 
         min_encoder_stride = min(v.stride for v in encoder_shape.values())
-        self.num_fpn_levels = int(math.log2(min_encoder_stride) - math.log2(common_stride))
+        self.num_fpn_levels = fpn_level_count(min_encoder_stride, common_stride)
         fpn_features = self.in_features[: self.num_fpn_levels]
         # top-down order: the coarsest FPN level first
         self.fpn_features = list(reversed(fpn_features))
