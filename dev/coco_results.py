@@ -4,17 +4,18 @@ not pycocotools' summary, which reads maxDets 100 whatever the list holds)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mask2former_sim.evaluation import average_precision_at
 
-__all__ = ["read_named_results", "segm_ap"]
+__all__ = ["read_named_results", "results_parser", "named_results", "write_summary", "segm_ap"]
 
 
 def read_named_results(specs: Sequence[str]) -> Dict[str, List[dict]]:
@@ -27,6 +28,30 @@ def read_named_results(specs: Sequence[str]) -> Dict[str, List[dict]]:
         with open(path) as f:
             named[name] = json.load(f)
     return named
+
+
+def results_parser(description: str, gt_help: str = "COCO json with the GT masks") -> argparse.ArgumentParser:
+    """The tools' shared arguments: ``--gt``, ``--results NAME=JSON ...`` and ``--json`` (where the summary goes)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--gt", required=True, help=gt_help)
+    parser.add_argument("--results", nargs="+", required=True, metavar="NAME=JSON", help="COCO results json")
+    parser.add_argument("--json", default="", help="write the summary here")
+    return parser
+
+
+def named_results(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Dict[str, List[dict]]:
+    """:func:`read_named_results` of ``args.results``; a malformed argument is the parser's usage error."""
+    try:
+        return read_named_results(args.results)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def write_summary(summary: Any, path: str) -> None:
+    """The summary as indented json at ``path`` (nothing when empty)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
 
 
 def segm_ap(gt: COCO, results: List[dict], max_dets: Sequence[int] = (1, 10, 100)) -> Dict[str, float]:

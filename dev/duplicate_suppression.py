@@ -9,10 +9,8 @@ the same image and class is at least ``--iou``). Mask2Former has no NMS; this is
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
 import sys
 from collections import defaultdict
@@ -23,7 +21,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
-from coco_results import read_named_results, segm_ap  # noqa: E402
+from coco_results import named_results, results_parser, segm_ap, write_summary  # noqa: E402
 
 
 def mask_nms(results: List[dict], iou: float) -> List[dict]:
@@ -45,18 +43,12 @@ def mask_nms(results: List[dict], iou: float) -> List[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gt", required=True, help="COCO json with the GT masks")
-    parser.add_argument("--results", nargs="+", required=True, metavar="NAME=JSON", help="COCO results json")
+    parser = results_parser(__doc__.splitlines()[0])
     parser.add_argument("--iou", type=float, default=0.5, help="mask IoU at which a lower-scoring detection goes")
-    parser.add_argument("--json", default="", help="write the summary here")
     args = parser.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(args.gt)
-    try:
-        named = read_named_results(args.results)
-    except ValueError as exc:
-        parser.error(str(exc))
+    named = named_results(parser, args)
     summary = {}
     for name, results in named.items():
         kept = mask_nms(results, args.iou)
@@ -71,9 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
             f"AP50 {row['as_given']['AP50']:.2f} -> {row['after_nms']['AP50']:.2f}  "
             f"detections {len(results)} -> {len(kept)}"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(summary, args.json)
     return summary
 
 

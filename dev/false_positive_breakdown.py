@@ -21,7 +21,6 @@ kind's cost alone. AP50 is COCO's: precision made monotone, read at 101 recall p
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ import pycocotools.mask as mask_util
 from mask2former_sim.data.coco import segmentation_to_rle
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
-from coco_results import read_named_results  # noqa: E402
+from coco_results import named_results, results_parser, write_summary  # noqa: E402
 
 MATCH_IOU = 0.5  # COCO's AP50 threshold
 BACKGROUND_IOU = 0.1  # below this a false positive touches no GT (TIDE's background threshold)
@@ -119,25 +118,17 @@ def breakdown(gt: dict, results: List[dict]) -> Dict[str, object]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, object]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gt", required=True, help="COCO json with the GT masks")
-    parser.add_argument("--results", nargs="+", required=True, metavar="NAME=JSON", help="COCO results json")
-    parser.add_argument("--json", default="", help="write the summary here")
+    parser = results_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     with open(args.gt) as f:
         gt = json.load(f)
-    try:
-        named = read_named_results(args.results)
-    except ValueError as exc:
-        parser.error(str(exc))
+    named = named_results(parser, args)
     summary = {name: breakdown(gt, results) for name, results in named.items()}
     print(f"{'model':<14}{'AP50':>7}{'TP top':>8}" + "".join(f"{k + ' top / gain':>24}" for k in KINDS))
     for name, s in summary.items():
         cells = "".join(f"{s[k]['top']:>14} / {s[k]['ap50_removed'] - s['ap50']:+6.2f}" for k in KINDS)
         print(f"{name:<14}{s['ap50']:>7.2f}{s['tp']['top']:>8}{cells}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(summary, args.json)
     return summary
 
 

@@ -15,7 +15,6 @@ instances, and the share of instances whose best IoU is at least 0.5; ``--json``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ import pycocotools.mask as mask_util
 from mask2former_sim.data.coco import segmentation_to_rle
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
-from coco_results import read_named_results  # noqa: E402
+from coco_results import named_results, results_parser, write_summary  # noqa: E402
 
 
 def _xyxy(bbox: Sequence[float]) -> np.ndarray:
@@ -86,18 +85,12 @@ def summarize(records: List[dict]) -> Dict[str, Dict[str, float]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gt", required=True, help="COCO json with the GT masks")
-    parser.add_argument("--results", nargs="+", required=True, metavar="NAME=JSON", help="COCO results json")
+    parser = results_parser(__doc__.splitlines()[0])
     parser.add_argument("--min-score", type=float, default=0.3, help="predictions scoring below this are ignored")
-    parser.add_argument("--json", default="", help="write the summary here")
     args = parser.parse_args(argv)
     with open(args.gt) as f:
         gt = json.load(f)
-    try:
-        named = read_named_results(args.results)
-    except ValueError as exc:
-        parser.error(str(exc))
+    named = named_results(parser, args)
     summary = {name: summarize(best_ious(gt, results, args.min_score)) for name, results in named.items()}
     header = f"{'model':<14}" + "".join(f"{g:>34}" for g in ("overlapping", "isolated", "all"))
     print(header)
@@ -107,9 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Dict[str, 
             for g in groups.values()
         )
         print(f"{name:<14}{cells}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(summary, args.json)
     return summary
 
 

@@ -15,10 +15,8 @@ shapes: two models' replaced APs compare what they find, their gap to their own 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
 import sys
 from collections import defaultdict
@@ -29,7 +27,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # dev/'s shared helpers
-from coco_results import read_named_results, segm_ap  # noqa: E402
+from coco_results import named_results, results_parser, segm_ap, write_summary  # noqa: E402
 
 BOX_IOU = 0.5  # a detection whose mask box overlaps a GT box this much found that object (COCO's AP50 rule, on boxes)
 
@@ -56,18 +54,12 @@ def with_gt_masks(gt: COCO, results: List[dict], box_iou: float = BOX_IOU) -> tu
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, object]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gt", required=True, help="COCO json with the GT boxes and masks")
-    parser.add_argument("--results", nargs="+", required=True, metavar="NAME=JSON", help="COCO results json")
+    parser = results_parser(__doc__.splitlines()[0], gt_help="COCO json with the GT boxes and masks")
     parser.add_argument("--box-iou", type=float, default=BOX_IOU, help="box IoU at which a detection found a GT")
-    parser.add_argument("--json", default="", help="write the summary here")
     args = parser.parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(args.gt)
-    try:
-        named = read_named_results(args.results)
-    except ValueError as exc:
-        parser.error(str(exc))
+    named = named_results(parser, args)
     summary: Dict[str, Dict[str, object]] = {}
     print(f"{'model':<14}{'AP':>7}{'AP50':>7}{'AP75':>7}{'AP, GT masks':>14}{'AP50':>7}{'AP75':>7}{'replaced':>10}")
     for name, results in named.items():
@@ -82,9 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, object]]:
             f"{name:<14}{a['AP']:>7.2f}{a['AP50']:>7.2f}{a['AP75']:>7.2f}"
             f"{o['AP']:>14.2f}{o['AP50']:>7.2f}{o['AP75']:>7.2f}{replaced:>10}"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(summary, args.json)
     return summary
 
 
