@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import yaml
 
@@ -29,6 +30,9 @@ from mask2former_sim.engine.checkpoint import (
     atomic_write_text,
     load_checkpoint_file,
 )
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from plot_metrics import read_metrics  # noqa: E402
 
 SIM_PREFIX = "supervision.sim."  # the teacher and prototype bank inside the SIM model's state dict
 SIM_METRICS = ("sim/", "loss_pseudo", "loss_paste")  # metrics.json keys only a SIM run logs
@@ -64,12 +68,11 @@ def main() -> None:
     print(f"wrote {path}: iteration {data['iteration']}, dropped {len(dropped)} SIM keys")
     metrics = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "metrics.json")
     if os.path.isfile(metrics):
-        kept = []
-        with open(metrics) as f:
-            for line in f:
-                if line.strip() and json.loads(line)["iteration"] <= data["iteration"]:
-                    record = {k: v for k, v in json.loads(line).items() if not k.startswith(SIM_METRICS)}
-                    kept.append(json.dumps(record) + "\n")
+        kept = [
+            json.dumps({k: v for k, v in record.items() if not k.startswith(SIM_METRICS)}) + "\n"
+            for record in read_metrics(metrics)
+            if record["iteration"] <= data["iteration"]
+        ]
         atomic_write_text("".join(kept), os.path.join(args.output_dir, "metrics.json"))
         print(f"copied {len(kept)} records of {metrics} up to iteration {data['iteration']}")
 
